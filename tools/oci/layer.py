@@ -1,0 +1,650 @@
+"""Builds one image layer: a normalized tar, compressed, plus a small JSON metadata file.
+
+Inputs are merged in this order: existing tars (--tar), files and directories (--file),
+empty directories (--dir), symlinks (--symlink), Python runfiles (--py-file). Entries are
+normalized so the layer depends only on contents and paths: sorted, mtime fixed to
+SOURCE_DATE_EPOCH (default 0), uid/gid 0 without names, files 0644 (0755 when any
+execute bit was set in an input tar, or as given by --mode), directories 0755 (world-
+writable sticky directories such as /tmp keep 1777), every parent directory present,
+hard links pointing at the first path of their group. The gzip stream is deflated in
+fixed-size blocks with ISA-L (pigz style), so its bytes do not depend on the thread count.
+"""
+
+import argparse
+import collections
+import concurrent.futures
+import dataclasses
+import hashlib
+import os
+import shutil
+import struct
+import tarfile
+import tempfile
+from collections.abc import Callable
+
+from tools.oci import common
+
+GZIP_BLOCK_SIZE = 1 << 20
+DEFLATE_WINDOW = 1 << 15
+DEFAULT_LEVELS = {"gzip": 1, "zstd": 3, "none": 0}
+DEFAULT_SITE_PACKAGES = "/usr/lib/python3.13/site-packages"
+
+
+@dataclasses.dataclass
+class Entry:
+    path: str
+    kind: str  # "file", "dir", "symlink" or "hardlink"
+    mode: int
+    origin: str
+    size: int = 0
+    linkname: str = ""
+    open_data: Callable | None = None
+
+
+def normalize_path(path, origin):
+    """'./usr//bin/' -> 'usr/bin'; the layer root is ''."""
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise common.UsageError(
+            f"path {path!r} from {origin} contains '..'; use a path inside the image"
+        )
+    return "/".join(parts)
+
+
+def normalized_file_mode(mode):
+    return 0o755 if mode & 0o111 else 0o644
+
+
+def normalized_dir_mode(mode):
+    if mode & 0o1002 == 0o1002:  # world-writable and sticky, like /tmp: keep it usable
+        return 0o1777
+    return 0o755
+
+
+class Layer:
+    """Entries of one layer, keyed by normalized path."""
+
+    def __init__(self, allow_overwrite=False):
+        self.entries = {}
+        self.allow_overwrite = allow_overwrite
+        self._temp_files = []
+
+    def add(self, entry):
+        if not entry.path:
+            return  # the root directory is implied by every layer
+        existing = self.entries.get(entry.path)
+        if existing is not None and not self.allow_overwrite:
+            if existing.kind == "dir" and entry.kind == "dir":
+                return
+            if not _same_content(existing, entry):
+                raise common.UsageError(
+                    f"/{entry.path} comes from both {existing.origin} and {entry.origin} with different "
+                    "contents; remove one of them, or allow overwrites (the later input wins)"
+                )
+            return
+        if existing is not None and existing.kind == "dir" and entry.kind == "dir":
+            return
+        self.entries[entry.path] = entry
+
+    def add_file(self, dest, source, mode=0o644, origin=None):
+        """A file or, when source is a directory, its whole tree (symlinks followed, as Bazel inputs are symlinks)."""
+        origin = origin or source
+        dest = normalize_path(dest, origin)
+        if os.path.isdir(source):
+            self.add(Entry(dest, "dir", 0o755, origin))
+            for root, dirs, files in os.walk(source, followlinks=True):
+                dirs.sort()
+                relative_root = os.path.relpath(root, source)
+                for name in dirs:
+                    self.add(
+                        Entry(
+                            normalize_path(f"{dest}/{relative_root}/{name}", origin),
+                            "dir",
+                            0o755,
+                            origin,
+                        )
+                    )
+                for name in sorted(files):
+                    path = os.path.join(root, name)
+                    self._add_regular_file(
+                        f"{dest}/{relative_root}/{name}", path, mode, path
+                    )
+            return
+        self._add_regular_file(dest, source, mode, origin)
+
+    def _add_regular_file(self, dest, source, mode, origin):
+        try:
+            size = os.stat(source).st_size
+        except FileNotFoundError:
+            raise common.UsageError(f"input file {source} does not exist") from None
+        self.add(
+            Entry(
+                normalize_path(dest, origin),
+                "file",
+                mode,
+                origin,
+                size=size,
+                open_data=lambda: open(source, "rb"),  # noqa: SIM115 (opened when written)
+            )
+        )
+
+    def add_dir(self, dest, mode=0o755):
+        self.add(Entry(normalize_path(dest, "--dir"), "dir", mode, f"directory {dest}"))
+
+    def add_symlink(self, dest, target):
+        if not target:
+            raise common.UsageError(f"symlink {dest} has an empty target")
+        self.add(
+            Entry(
+                normalize_path(dest, "--symlink"),
+                "symlink",
+                0o777,
+                f"symlink {dest}",
+                linkname=target,
+            )
+        )
+
+    def add_tar(self, path):
+        """Every member of an existing tar (uncompressed, gzip, zstd, xz or bzip2), re-normalized."""
+        source = self._seekable_tar(path)
+        if isinstance(source, str):
+            archive = tarfile.open(source, "r:")  # noqa: SIM115 (closed by close())
+        else:
+            archive = tarfile.open(fileobj=source, mode="r:")  # noqa: SIM115
+        self._temp_files.append(archive)
+        origin = os.path.basename(path)
+        for member in archive.getmembers():
+            name = normalize_path(member.name, origin)
+            where = f"{origin}:{member.name}"
+            if member.isdir():
+                self.add(Entry(name, "dir", normalized_dir_mode(member.mode), where))
+            elif member.isreg():
+                self.add(
+                    Entry(
+                        name,
+                        "file",
+                        normalized_file_mode(member.mode),
+                        where,
+                        size=member.size,
+                        open_data=lambda member=member: archive.extractfile(member),
+                    )
+                )
+            elif member.issym():
+                self.add(Entry(name, "symlink", 0o777, where, linkname=member.linkname))
+            elif member.islnk():
+                target = normalize_path(member.linkname, where)
+                self.add(Entry(name, "hardlink", 0, where, linkname=target))
+            else:
+                raise common.UsageError(
+                    f"{where} is a device, FIFO or other special file, which layers do not carry; "
+                    "leave it out of the tar (the container runtime provides /dev)"
+                )
+
+    def _seekable_tar(self, path):
+        """Sorting reads members out of order, so compressed tars are first expanded to a temp file."""
+        try:
+            with open(path, "rb") as handle:
+                magic = handle.read(6)
+        except FileNotFoundError:
+            raise common.UsageError(f"input tar {path} does not exist") from None
+        if magic[:2] == b"\x1f\x8b":
+            import gzip as opener_module
+
+            opener = opener_module.open
+        elif magic[:4] == b"\x28\xb5\x2f\xfd":
+            import zstandard
+
+            def opener(source, mode):
+                return zstandard.ZstdDecompressor().stream_reader(
+                    open(source, "rb"), closefd=True
+                )
+        elif magic == b"\xfd7zXZ\x00":
+            import lzma
+
+            opener = lzma.open
+        elif magic[:3] == b"BZh":
+            import bz2
+
+            opener = bz2.open
+        else:
+            return path
+        handle = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
+        self._temp_files.append(handle)
+        with opener(path, "rb") as source:
+            shutil.copyfileobj(source, handle, 1 << 20)
+        handle.seek(0)
+        return _NamedHandle(handle, path)
+
+    def add_python_files(
+        self, files, site_packages, import_roots, main_repo, include="all", exclude=()
+    ):
+        """Places py_library runfiles where `import` finds them: under site_packages, relative to their import root.
+
+        files: (short_path, path) pairs as Bazel's File gives them. Files of external repositories
+        (short_path '../<repo>/...') are third-party wheels; the rest is first-party code.
+        """
+        excluded = set(exclude)
+        roots = sorted(
+            {normalize_path(root, "import roots") for root in import_roots},
+            key=len,
+            reverse=True,
+        )
+        for short_path, path in files:
+            if short_path in excluded:
+                continue
+            third_party = short_path.startswith("../")
+            if (
+                include == "third_party"
+                and not third_party
+                or include == "first_party"
+                and third_party
+            ):
+                continue
+            runfiles_path = (
+                short_path[3:] if third_party else f"{main_repo}/{short_path}"
+            )
+            relative = _import_relative_path(runfiles_path, roots)
+            self._add_regular_file(
+                f"{site_packages}/{relative}", path, 0o644, short_path
+            )
+
+    def set_mode(self, path, mode):
+        key = normalize_path(path, "--mode")
+        if key not in self.entries:
+            raise common.UsageError(
+                f"--mode names /{key}, which is not in the layer; check the path"
+            )
+        self.entries[key].mode = mode
+
+    def finalized_entries(self):
+        """Sorted entries with missing parent directories added and hard links resolved."""
+        entries = dict(self.entries)
+        for path in list(entries):
+            parent = os.path.dirname(path)
+            while parent and parent not in entries:
+                entries[parent] = Entry(parent, "dir", 0o755, f"parent of /{path}")
+                parent = os.path.dirname(parent)
+            if parent and entries[parent].kind != "dir":
+                raise common.UsageError(
+                    f"/{path} ({entries[path].origin}) lies under /{parent}, which is a {entries[parent].kind} "
+                    f"from {entries[parent].origin}; a layer path cannot be both"
+                )
+        _resolve_hard_links(entries)
+        return [entries[path] for path in sorted(entries)]
+
+    def close(self):
+        for handle in self._temp_files:
+            handle.close()
+
+
+class _NamedHandle:
+    """A temp file that tarfile reads, named after the original tar in its error messages."""
+
+    def __init__(self, handle, name):
+        self._handle = handle
+        self.name = name
+
+    def __getattr__(self, attribute):
+        return getattr(self._handle, attribute)
+
+
+def _import_relative_path(runfiles_path, roots):
+    for root in roots:
+        if runfiles_path.startswith(root + "/"):
+            return runfiles_path[len(root) + 1 :]
+    inside_repo = runfiles_path.partition("/")[2]
+    marker = "site-packages/"
+    if marker in inside_repo:
+        return inside_repo.split(marker, 1)[1]
+    return inside_repo
+
+
+def _same_content(first, second):
+    if first.kind != second.kind or first.mode != second.mode:
+        return False
+    if first.kind in ("symlink", "hardlink"):
+        return first.linkname == second.linkname
+    if first.kind == "file":
+        return first.size == second.size and _content_digest(first) == _content_digest(
+            second
+        )
+    return True
+
+
+def _content_digest(entry):
+    digest = hashlib.sha256()
+    with entry.open_data() as data:
+        for chunk in iter(lambda: data.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.digest()
+
+
+def _resolve_hard_links(entries):
+    """Each group of hard-linked paths keeps its data in its first path in sorted order, as tar readers require."""
+    groups = collections.defaultdict(list)
+    for path, entry in entries.items():
+        if entry.kind != "hardlink":
+            continue
+        target, seen = entry.linkname, {path}
+        while (
+            target in entries
+            and entries[target].kind == "hardlink"
+            and target not in seen
+        ):
+            seen.add(target)
+            target = entries[target].linkname
+        if target not in entries or entries[target].kind != "file":
+            raise common.UsageError(
+                f"hard link /{path} ({entry.origin}) points to /{entry.linkname}, which is not a regular file "
+                "in the same layer; put the link and its target in one tar"
+            )
+        groups[target].append(path)
+    for target, links in groups.items():
+        data = entries[target]
+        first, *others = sorted([target, *links])
+        entries[first] = dataclasses.replace(data, path=first)
+        for path in others:
+            entries[path] = Entry(
+                path, "hardlink", data.mode, data.origin, linkname=first
+            )
+
+
+class _HashingWriter:
+    def __init__(self, sink):
+        self.sink = sink
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data):
+        self.hash.update(data)
+        self.size += len(data)
+        self.sink.write(data)
+        return len(data)
+
+    def tell(self):
+        return self.size
+
+    def digest(self):
+        return "sha256:" + self.hash.hexdigest()
+
+
+class ParallelGzipWriter:
+    """A gzip stream of blocks deflated independently (each primed with the previous 32 KiB), like pigz.
+
+    The header has no name and mtime 0; the bytes depend only on the input, level and block size.
+    """
+
+    def __init__(self, sink, level, threads):
+        from isal import isal_zlib
+
+        self._zlib = isal_zlib
+        self.sink = sink
+        self.level = level
+        self.threads = threads
+        self._pool = (
+            concurrent.futures.ThreadPoolExecutor(threads) if threads > 1 else None
+        )
+        self._pending = bytearray()
+        self._previous_tail = b""
+        self._queue = collections.deque()
+        self._crc = 0
+        self._size = 0
+        # magic, deflate, no flags, mtime 0, no extra flags, OS unknown
+        sink.write(struct.pack("<BBBBIBB", 0x1F, 0x8B, 8, 0, 0, 0, 255))
+
+    def write(self, data):
+        self._pending += data
+        while len(self._pending) >= GZIP_BLOCK_SIZE:
+            block = bytes(self._pending[:GZIP_BLOCK_SIZE])
+            del self._pending[:GZIP_BLOCK_SIZE]
+            self._submit(block, last=False)
+        return len(data)
+
+    def _submit(self, block, last):
+        self._crc = self._zlib.crc32(block, self._crc)
+        self._size += len(block)
+        dictionary, self._previous_tail = self._previous_tail, block[-DEFLATE_WINDOW:]
+        if self._pool is None:
+            self.sink.write(self._deflate(block, dictionary, last))
+            return
+        self._queue.append(self._pool.submit(self._deflate, block, dictionary, last))
+        while len(self._queue) > 2 * self.threads:
+            self.sink.write(self._queue.popleft().result())
+
+    def _deflate(self, block, dictionary, last):
+        if dictionary:
+            compressor = self._zlib.compressobj(
+                self.level, self._zlib.DEFLATED, -15, zdict=dictionary
+            )
+        else:
+            compressor = self._zlib.compressobj(self.level, self._zlib.DEFLATED, -15)
+        flush_mode = self._zlib.Z_FINISH if last else self._zlib.Z_SYNC_FLUSH
+        return compressor.compress(block) + compressor.flush(flush_mode)
+
+    def close(self):
+        self._submit(bytes(self._pending), last=True)
+        self._pending.clear()
+        while self._queue:
+            self.sink.write(self._queue.popleft().result())
+        if self._pool is not None:
+            self._pool.shutdown()
+        self.sink.write(
+            struct.pack("<II", self._crc & 0xFFFFFFFF, self._size & 0xFFFFFFFF)
+        )
+
+
+class _ZstdWriter:
+    """zstd in its multi-threaded framing even for one thread, so the bytes do not depend on the thread count."""
+
+    def __init__(self, sink, level, threads):
+        import zstandard
+
+        compressor = zstandard.ZstdCompressor(level=level, threads=max(threads, 1))
+        self._writer = compressor.stream_writer(sink, closefd=False)
+
+    def write(self, data):
+        return self._writer.write(data)
+
+    def close(self):
+        self._writer.close()
+
+
+class _PlainWriter:
+    def __init__(self, sink, level, threads):
+        self.write = sink.write
+
+    def close(self):
+        pass
+
+
+COMPRESSORS = {"gzip": ParallelGzipWriter, "zstd": _ZstdWriter, "none": _PlainWriter}
+
+
+def write_layer(entries, blob_file, compression="gzip", level=None, threads=1, mtime=0):
+    """Writes the tar stream of `entries` compressed into blob_file; returns (digest, size, diff_id)."""
+    compressed = _HashingWriter(blob_file)
+    compressor = COMPRESSORS[compression](
+        compressed, DEFAULT_LEVELS[compression] if level is None else level, threads
+    )
+    uncompressed = _HashingWriter(compressor)
+    with tarfile.open(
+        fileobj=uncompressed,
+        mode="w",
+        format=tarfile.PAX_FORMAT,
+        encoding="utf-8",
+        copybufsize=1 << 20,
+    ) as archive:
+        for entry in entries:
+            archive.addfile(*_tar_member(entry, mtime))
+    compressor.close()
+    return compressed.digest(), compressed.size, uncompressed.digest()
+
+
+def _tar_member(entry, mtime):
+    info = tarfile.TarInfo(entry.path)
+    info.mtime = mtime
+    info.mode = entry.mode
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    if entry.kind == "dir":
+        info.type = tarfile.DIRTYPE
+        return info, None
+    if entry.kind == "symlink":
+        info.type = tarfile.SYMTYPE
+        info.linkname = entry.linkname
+        return info, None
+    if entry.kind == "hardlink":
+        info.type = tarfile.LNKTYPE
+        info.linkname = entry.linkname
+        return info, None
+    info.type = tarfile.REGTYPE
+    info.size = entry.size
+    return info, _SizeCheckedReader(entry)
+
+
+class _SizeCheckedReader:
+    """Opens the entry's data only when tarfile copies it, and fails clearly if the file shrank since it was listed."""
+
+    def __init__(self, entry):
+        self.entry = entry
+        self.handle = None
+        self.remaining = entry.size
+
+    def read(self, size):
+        if self.handle is None:
+            self.handle = self.entry.open_data()
+        data = self.handle.read(min(size, self.remaining))
+        self.remaining -= len(data)
+        if not data and size:
+            raise common.UsageError(
+                f"{self.entry.origin} became shorter while the layer was written"
+            )
+        if self.remaining == 0:
+            self.handle.close()
+        return data
+
+
+def build(args):
+    layer = Layer(allow_overwrite=args.allow_overwrite)
+    try:
+        for path in args.tar:
+            layer.add_tar(path)
+        for dest, source in args.file:
+            layer.add_file(dest, source)
+        for dest in args.dir:
+            layer.add_dir(dest)
+        for dest, target in args.symlink:
+            layer.add_symlink(dest, target)
+        layer.add_python_files(
+            args.py_file,
+            args.py_site_packages,
+            args.py_import_root,
+            args.py_main_repo,
+            args.py_include,
+            args.py_exclude,
+        )
+        for path, mode in args.mode:
+            try:
+                layer.set_mode(path, int(mode, 8))
+            except ValueError:
+                raise common.UsageError(
+                    f"--mode {path} {mode}: the mode must be octal, e.g. 0755"
+                ) from None
+        entries = layer.finalized_entries()
+        epoch = common.source_date_epoch()
+        with common.AtomicOutput(args.output) as blob:
+            digest, size, diff_id = write_layer(
+                entries, blob, args.compression, args.level, args.threads, epoch
+            )
+    finally:
+        layer.close()
+    history = {
+        "created": common.rfc3339(epoch),
+        "created_by": args.created_by or "oci_layer",
+    }
+    if args.comment:
+        history["comment"] = args.comment
+    metadata = {
+        "descriptor": {
+            "mediaType": common.LAYER_MEDIA_TYPES[args.compression],
+            "digest": digest,
+            "size": size,
+        },
+        "diff_id": diff_id,
+        "history": history,
+    }
+    common.write_atomically(args.metadata, common.canonical_json(metadata) + b"\n")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--output", required=True, help="the layer blob to write")
+    parser.add_argument(
+        "--metadata", required=True, help="the JSON metadata file to write"
+    )
+    parser.add_argument(
+        "--tar", action="append", default=[], help="an existing tar to include"
+    )
+    parser.add_argument(
+        "--file", nargs=2, action="append", default=[], metavar=("DEST", "SRC")
+    )
+    parser.add_argument("--dir", action="append", default=[], metavar="DEST")
+    parser.add_argument(
+        "--symlink", nargs=2, action="append", default=[], metavar=("DEST", "TARGET")
+    )
+    parser.add_argument(
+        "--mode", nargs=2, action="append", default=[], metavar=("DEST", "OCTAL")
+    )
+    parser.add_argument(
+        "--py-file", nargs=2, action="append", default=[], metavar=("SHORT_PATH", "SRC")
+    )
+    parser.add_argument(
+        "--py-import-root", action="append", default=[], metavar="REPO/PATH"
+    )
+    parser.add_argument(
+        "--py-exclude", action="append", default=[], metavar="SHORT_PATH"
+    )
+    parser.add_argument("--py-site-packages", default=DEFAULT_SITE_PACKAGES)
+    parser.add_argument("--py-main-repo", default="_main")
+    parser.add_argument(
+        "--py-include", choices=("all", "third_party", "first_party"), default="all"
+    )
+    parser.add_argument(
+        "--allow-overwrite",
+        action="store_true",
+        help="a later input replaces an earlier one",
+    )
+    parser.add_argument("--compression", choices=sorted(COMPRESSORS), default="gzip")
+    parser.add_argument(
+        "--level",
+        type=int,
+        help="compression level (default: gzip 1 with ISA-L, zstd 3)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="compression threads; output is the same for any",
+    )
+    parser.add_argument(
+        "--created-by", default="", help="the history entry's created_by text"
+    )
+    parser.add_argument("--comment", default="", help="the history entry's comment")
+    args = parser.parse_args(argv)
+    if (
+        args.compression == "gzip"
+        and args.level is not None
+        and not 0 <= args.level <= 3
+    ):
+        parser.error("--level for gzip (ISA-L) must be 0..3")
+    if args.threads < 1:
+        parser.error("--threads must be at least 1")
+    return args
+
+
+def main(argv):
+    build(parse_args(argv))
+
+
+if __name__ == "__main__":
+    common.run_main(main)
