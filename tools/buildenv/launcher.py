@@ -1,0 +1,269 @@
+"""Runs Bazel inside the project's pinned build environment; `tools/bazel` calls main().
+
+The build environment is a Debian trixie root file system with Bazel 7.7.1 and its modules from
+Debian forky plus the tools in packages.txt. It lives under
+`${XDG_CACHE_HOME:-~/.cache}/receipt-lambdas/buildenv/<recipe hash>/`, so a changed recipe gets
+a new directory and never touches one that another checkout still uses. It is built in a
+temporary directory and renamed into place when complete, under a lock, so an interrupted
+provisioning is never used.
+
+Bazel then runs through chroot in a private mount namespace where /proc, /dev, /sys, /tmp, the
+home directory and the work tree appear at their usual absolute paths; the network is the host's.
+Only the Python standard library is used: this runs on the host's python3 before anything else
+exists.
+"""
+
+import errno
+import fcntl
+import hashlib
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+WORKSPACE = HERE.parent.parent
+RECIPE_FILES = [HERE / "packages.txt", HERE / "apt-preferences"]
+# Bump when the provisioning steps below change in a way that needs a new environment.
+RECIPE_REVISION = "1"
+
+MIRROR = os.environ.get("BUILDENV_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+SUITE = "trixie"
+EXTRA_SUITE = "forky"
+NEEDED_BYTES = 3 * 1024**3
+HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
+# Set to a Bazel >= 7.1 binary to skip the build environment (needs the Bazel Central Registry).
+HOST_BAZEL_VARIABLE = "BUILDENV_HOST_BAZEL"
+# Host variables that would point the build environment at host-only files.
+DROPPED_VARIABLES = ("PATH", "LD_LIBRARY_PATH", "LD_PRELOAD", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
+CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class LauncherError(Exception):
+    """A problem the user must fix; printed as one line."""
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base, "receipt-lambdas")
+
+
+def recipe_hash() -> str:
+    digest = hashlib.sha256(RECIPE_REVISION.encode())
+    for path in RECIPE_FILES:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    digest.update(f"{SUITE} {EXTRA_SUITE}".encode())
+    return digest.hexdigest()[:16]
+
+
+def recipe_packages() -> list[str]:
+    lines = (line.split("#", 1)[0].strip() for line in (HERE / "packages.txt").read_text().splitlines())
+    return [line for line in lines if line]
+
+
+def progress(message: str) -> None:
+    print(f"buildenv: {message}", file=sys.stderr, flush=True)
+
+
+def namespace_command() -> list[str]:
+    """unshare arguments for a private mount namespace, with a user namespace when not root."""
+    if shutil.which("unshare") is None:
+        raise LauncherError("the `unshare` command is missing; install util-linux")
+    if os.geteuid() == 0:
+        return ["unshare", "--mount", "--propagation", "private"]
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True)
+    if probe.returncode != 0:
+        raise LauncherError(
+            "not root and unprivileged user namespaces are unavailable "
+            "(enable them with `sysctl kernel.unprivileged_userns_clone=1`, or run as root)"
+        )
+    return ["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private"]
+
+
+def ensure_mmdebstrap() -> str:
+    found = shutil.which("mmdebstrap")
+    if found:
+        return found
+    if os.geteuid() != 0:
+        raise LauncherError("the `mmdebstrap` command is missing; install it with `sudo apt-get install mmdebstrap`")
+    progress("installing mmdebstrap on the host (apt-get install mmdebstrap)")
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "mmdebstrap"]):
+        result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if result.returncode != 0:
+            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            raise LauncherError(f"`{' '.join(command)}` failed: {last}")
+    return shutil.which("mmdebstrap") or "mmdebstrap"
+
+
+def check_mirror() -> None:
+    url = f"{MIRROR}/dists/{SUITE}/Release"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=20):
+            pass
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise LauncherError(f"the Debian mirror is unreachable: {url}: {reason}") from None
+
+
+def check_disk(directory: Path) -> None:
+    free = shutil.disk_usage(directory).free
+    if free < NEEDED_BYTES:
+        raise LauncherError(
+            f"disk full: {free // 2**20} MiB free in {directory}, the build environment needs "
+            f"{NEEDED_BYTES // 2**30} GiB; free space or set XDG_CACHE_HOME to another disk"
+        )
+
+
+def remove_tree(path: Path) -> None:
+    if path.exists():
+        subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=False)
+
+
+def provision(environment: Path) -> None:
+    """Builds the environment in a temporary directory and renames it into place."""
+    mmdebstrap = ensure_mmdebstrap()
+    check_disk(environment.parent)
+    check_mirror()
+    staging = environment.parent / f".staging-{environment.name}"
+    remove_tree(staging)  # left by an interrupted run; we hold the lock, so nobody else uses it
+    staging.mkdir(parents=True)
+    root = staging / "root"
+    host_cas = " ".join(shlex.quote(str(p)) for p in sorted(HOST_CA_DIR.glob("*.crt")))
+    # HTTPS may leave this machine through an intercepting proxy whose CA the host trusts; Bazel's
+    # Java downloader must trust it too (update-ca-certificates also rebuilds Java's keystore).
+    customize = [
+        f'mkdir -p "$1/usr/local/share/ca-certificates" && cp {host_cas} "$1/usr/local/share/ca-certificates/"'
+        if host_cas
+        else "true",
+        'chroot "$1" update-ca-certificates --fresh >/dev/null',
+        "printf '%s\\n' 'try-import %workspace%/tools/buildenv/offline.bazelrc' > \"$1/etc/bazel.bazelrc\"",
+        "chroot \"$1\" dpkg-query -W -f '${Package}\\t${Version}\\t${Architecture}\\n' > \"$1/../manifest.tsv\"",
+    ]
+    command = [
+        mmdebstrap,
+        "--variant=minbase",
+        "--mode=" + ("root" if os.geteuid() == 0 else "unshare"),
+        "--aptopt=Acquire::Check-Valid-Until \"false\"",
+        "--aptopt=Acquire::Retries \"3\"",
+        f'--setup-hook=mkdir -p "$1/etc/apt/preferences.d" && cp {shlex.quote(str(HERE / "apt-preferences"))} '
+        '"$1/etc/apt/preferences.d/buildenv"',
+        "--include=" + ",".join(recipe_packages()),
+        *(f"--customize-hook={hook}" for hook in customize),
+        SUITE,
+        str(root),
+        f"deb {MIRROR} {SUITE} main",
+        f"deb {MIRROR} {EXTRA_SUITE} main",
+    ]
+    progress(f"provisioning {environment} (Debian {SUITE} + Bazel from {EXTRA_SUITE}; takes about 1.5 minutes)")
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+        tail = []
+        for line in process.stdout:
+            line = line.rstrip()
+            tail = (tail + [line])[-15:]
+            if line.startswith(("I: ", "E: ", "W: ")):
+                progress(line[3:])
+    if process.returncode != 0:
+        remove_tree(staging)
+        details = "\n".join(tail)
+        if "No space left on device" in details:
+            raise LauncherError(f"disk full while provisioning under {environment.parent}")
+        raise LauncherError(f"provisioning failed (mmdebstrap exit {process.returncode}); its last output:\n{details}")
+    staging.rename(environment)
+    progress(f"ready: {environment}")
+
+
+def ensure_environment() -> Path:
+    """The path of the provisioned environment for the current recipe, provisioning it if needed."""
+    environment = cache_root() / "buildenv" / recipe_hash()
+    if (environment / "root").is_dir():
+        return environment
+    environment.parent.mkdir(parents=True, exist_ok=True)
+    with open(environment.parent / f"{environment.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent run provisions; we wait for it
+        if not (environment / "root").is_dir():
+            try:
+                provision(environment)
+            except OSError as error:
+                if error.errno == errno.ENOSPC:
+                    raise LauncherError(f"disk full while provisioning under {environment.parent}") from None
+                raise
+    return environment
+
+
+def bazel_rc(cache: Path) -> Path:
+    """The launcher's rc file: caches that persist across runs and build environments."""
+    lines = [
+        f"common --repository_cache={cache / 'repository-cache'}",
+        f"build --disk_cache={cache / 'disk-cache'}",
+    ]
+    rc = cache / "launcher.bazelrc"
+    text = "\n".join(lines) + "\n"
+    if not rc.exists() or rc.read_text() != text:
+        rc.parent.mkdir(parents=True, exist_ok=True)
+        temporary = rc.with_suffix(f".tmp{os.getpid()}")
+        temporary.write_text(text)
+        temporary.replace(rc)
+    return rc
+
+
+def chroot_script(root: Path, binds: list[Path], workdir: Path) -> str:
+    """Shell commands run in the new mount namespace: bind mounts, then chroot into Bazel."""
+    quoted_root = shlex.quote(str(root))
+    lines = ["set -e"]
+    for source in ("/proc", "/dev", "/sys"):
+        lines.append(f"mount --rbind {source} {quoted_root}{source}")
+    for path in binds:
+        target = shlex.quote(str(root) + str(path))
+        lines.append(f"mkdir -p {target} && mount --rbind {shlex.quote(str(path))} {target}")
+    for path in ("/etc/resolv.conf", "/etc/hosts"):
+        if os.path.exists(path):
+            target = shlex.quote(str(root) + path)
+            lines.append(f"touch {target} && mount --bind {path} {target}")
+    lines.append(f'exec chroot {quoted_root} sh -c \'cd "$0" && exec bazel "$@"\' {shlex.quote(str(workdir))} "$@"')
+    return "\n".join(lines)
+
+
+def print_info(environment: Path) -> None:
+    print(f"build environment: {environment}")
+    print(f"recipe: {', '.join(str(p.relative_to(WORKSPACE)) for p in RECIPE_FILES)} (hash {recipe_hash()})")
+    print(f"Debian packages ({environment / 'manifest.tsv'}):")
+    print((environment / "manifest.tsv").read_text(), end="")
+
+
+def main(argv: list[str]) -> int:
+    host_bazel = os.environ.get(HOST_BAZEL_VARIABLE)
+    if host_bazel:
+        os.execv(host_bazel, [host_bazel, *argv])
+    try:
+        environment = ensure_environment()
+        if argv[:1] == ["--buildenv-info"]:
+            print_info(environment)
+            return 0
+        cache = cache_root()
+        home = Path(os.path.expanduser("~"))
+        workdir = Path.cwd()
+        binds = sorted({Path("/tmp"), home, WORKSPACE, cache})
+        startup = [f"--output_user_root={cache / 'bazel' / environment.name}", f"--bazelrc={bazel_rc(cache)}"]
+        user_rc = home / ".bazelrc"
+        if user_rc.exists():
+            startup.append(f"--bazelrc={user_rc}")
+        env = {k: v for k, v in os.environ.items() if k not in DROPPED_VARIABLES and not k.startswith("PYENV")}
+        env["PATH"] = CHROOT_PATH
+        command = [
+            *namespace_command(),
+            "sh",
+            "-c",
+            chroot_script(environment / "root", binds, workdir),
+            "tools/bazel",
+            *startup,
+            *argv,
+        ]
+        os.execvpe(command[0], command, env)
+    except LauncherError as error:
+        print(f"tools/bazel: {error}", file=sys.stderr)
+        return 2
+    return 0
