@@ -1,0 +1,1 @@
+"""The embedding pipeline's logic: requests to OpenAI's batch API, ChromaDB deltas, compaction."""
