@@ -283,6 +283,7 @@ def verified_content(in_release: bytes, keyring: str) -> bytes:
     with tempfile.TemporaryDirectory() as scratch:
         signed = Path(scratch, "InRelease")
         signed.write_bytes(in_release)
+        content = Path(scratch, "Release")
         if shutil.which("gpgv"):
             command = [
                 "gpgv",
@@ -290,11 +291,19 @@ def verified_content(in_release: bytes, keyring: str) -> bytes:
                 "--keyring",
                 keyring,
                 "--output",
-                "-",
+                str(content),
                 str(signed),
             ]
         elif shutil.which("sqv"):
-            command = ["sqv", "--message", "--keyring", keyring, str(signed)]
+            command = [
+                "sqv",
+                "--keyring",
+                keyring,
+                "--cleartext",
+                "--output",
+                str(content),
+                str(signed),
+            ]
         else:
             raise LockError(
                 "neither gpgv nor sqv is installed to check the InRelease signature: "
@@ -305,7 +314,7 @@ def verified_content(in_release: bytes, keyring: str) -> bytes:
             raise LockError(
                 f"bad signature on an InRelease file ({command[0]}):\n{result.stderr.decode()}"
             )
-        return result.stdout
+        return content.read_bytes()
 
 
 def strip_clearsign(in_release: bytes) -> bytes:
