@@ -51,10 +51,7 @@ py_library(
     imports = ["site-packages"],
 )
 
-filegroup(
-    name = "scripts",
-    srcs = glob(["bin/*"], allow_empty = True),
-)
+exports_files(glob(["bin/*"], allow_empty = True))
 """)
 
 wheel_repo = repository_rule(
@@ -110,7 +107,7 @@ def requirement(name):
     # The lock tool needs uv even when the lock is broken: that is when it is run.
     if rctx.attr.uv_repos:
         lines.append("alias(name = \"uv\", actual = select(%r))" % {
-            ":" + platform: "@%s//:scripts" % repo
+            ":" + platform: "@%s//:bin/uv" % repo
             for platform, repo in rctx.attr.uv_repos.items()
         })
     else:
@@ -177,12 +174,12 @@ def _pypi_impl(mctx):
 
 def _create_repos(mctx, tag):
     lock_text = mctx.read(tag.lock)
-    requirements, records, errors = _parse_lock(lock_text, str(tag.lock))
+    requirements, records, errors = _parse_lock(lock_text, tag.lock.name)
     wanted = _requirement_lines(mctx.read(tag.requirements))
     if requirements != None and requirements != wanted:
         errors.append("%s does not match %s (added: %s; removed: %s)" % (
-            tag.lock,
-            tag.requirements,
+            tag.lock.name,
+            tag.requirements.name,
             [r for r in wanted if r not in requirements],
             [r for r in requirements if r not in wanted],
         ))
@@ -206,13 +203,13 @@ def _create_repos(mctx, tag):
                 deps_of[normalize_name(record["name"])] = [normalize_name(d) for d in record["deps"]]
         for requirement in (requirements or []):
             if (platform, _requirement_name(requirement)) not in repo_of:
-                errors.append("%s has no %s wheel for requirement %r" % (tag.lock, platform, requirement))
+                errors.append("%s has no %s wheel for requirement %r" % (tag.lock.name, platform, requirement))
         for name in sorted(deps_of):
             members = _closure(name, deps_of)
             missing = [m for m in members if (platform, m) not in repo_of]
             if missing:
                 errors.append("%s: %s on %s needs %s, which the lock does not list" % (
-                    tag.lock,
+                    tag.lock.name,
                     name,
                     platform,
                     ", ".join(missing),

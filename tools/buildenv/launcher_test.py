@@ -1,0 +1,101 @@
+"""The launcher's recipe versioning, mount plan and one-line errors."""
+
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import launcher
+import pytest
+
+
+@pytest.fixture
+def recipe(tmp_path, monkeypatch):
+    """A private copy of the recipe files, so a test can change them."""
+    files = []
+    for path in launcher.RECIPE_FILES:
+        copy = tmp_path / path.name
+        shutil.copy(path, copy)
+        files.append(copy)
+    monkeypatch.setattr(launcher, "RECIPE_FILES", files)
+    monkeypatch.setattr(launcher, "HERE", tmp_path)
+    return tmp_path
+
+
+def test_recipe_hash_changes_with_the_package_list(recipe):
+    before = launcher.recipe_hash()
+    assert before == launcher.recipe_hash()
+    with open(recipe / "packages.txt", "a") as packages:
+        packages.write("jq\n")
+    assert launcher.recipe_hash() != before
+    assert "jq" in launcher.recipe_packages()
+
+
+def test_recipe_packages_ignore_comments(recipe):
+    packages = launcher.recipe_packages()
+    assert "bazel-bootstrap" in packages
+    assert not any(p.startswith("#") or " " in p for p in packages)
+
+
+def test_environment_path_is_versioned_by_recipe(recipe, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    calls = []
+    monkeypatch.setattr(launcher, "provision", lambda env: calls.append(env) or (env / "root").mkdir(parents=True))
+    first = launcher.ensure_environment()
+    assert first == tmp_path / "cache" / "receipt-lambdas" / "buildenv" / launcher.recipe_hash()
+    assert launcher.ensure_environment() == first and len(calls) == 1, "provisioned only once"
+    with open(recipe / "apt-preferences", "a") as preferences:
+        preferences.write("\n# changed\n")
+    second = launcher.ensure_environment()
+    assert second != first and (first / "root").is_dir(), "the old environment is left alone"
+
+
+def test_unreachable_mirror_names_the_url(monkeypatch):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setattr(launcher, "MIRROR", f"http://127.0.0.1:{port}/debian")
+    with pytest.raises(launcher.LauncherError, match=f"unreachable: http://127.0.0.1:{port}/debian/dists/trixie/Release"):
+        launcher.check_mirror()
+
+
+def test_disk_full_is_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(launcher, "NEEDED_BYTES", 1 << 62)
+    with pytest.raises(launcher.LauncherError, match=r"^disk full: \d+ MiB free in .*XDG_CACHE_HOME"):
+        launcher.check_disk(tmp_path)
+
+
+def test_missing_command_is_named(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(launcher.LauncherError, match="`unshare` command is missing"):
+        launcher.namespace_command()
+
+
+def test_chroot_script_mounts_paths_at_the_same_place(tmp_path):
+    root = tmp_path / "root"
+    script = launcher.chroot_script(root, [Path("/tmp"), Path("/work/main")], Path("/work/main/handlers"))
+    assert f"mount --rbind /proc {root}/proc" in script
+    assert f"mount --rbind /work/main {root}/work/main" in script
+    assert script.splitlines()[-1].startswith(f"exec chroot {root} ")
+    assert "/work/main/handlers" in script.splitlines()[-1]
+
+
+def test_bazel_rc_is_rewritten_only_when_it_changes(tmp_path):
+    rc = launcher.bazel_rc(tmp_path)
+    assert f"--repository_cache={tmp_path}/repository-cache" in rc.read_text()
+    stamp = rc.stat().st_mtime_ns
+    os.utime(rc, ns=(stamp - 10**9, stamp - 10**9))
+    launcher.bazel_rc(tmp_path)
+    assert rc.stat().st_mtime_ns == stamp - 10**9
+
+
+def test_host_bazel_variable_bypasses_the_environment(tmp_path):
+    fake = tmp_path / "bazel"
+    fake.write_text("#!/bin/sh\necho host-bazel \"$@\"\n")
+    fake.chmod(0o755)
+    entry = Path(launcher.__file__).parent.parent / "bazel"
+    result = subprocess.run(
+        [entry, "version"], env={**os.environ, launcher.HOST_BAZEL_VARIABLE: str(fake)}, capture_output=True, text=True
+    )
+    assert result.stdout.strip() == "host-bazel version"
