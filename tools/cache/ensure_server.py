@@ -1,0 +1,289 @@
+"""Starts the S3 remote cache server (server.py) in the background unless it is running already.
+
+For tools/bazel: `load_config()` reads the bucket settings from the environment or the user's
+config file (None: no bucket, use --disk_cache), `ensure_server(config)` returns the URL of a
+healthy server on a loopback port, starting one if needed, and `bazelrc_lines(url)` are the
+lines that point Bazel at it. Only the standard library is used; the server itself needs a
+Python with boto3 and protobuf (BAZEL_CACHE_PYTHON, default: this interpreter).
+
+    ensure_server.py           print the server URL (nothing when no bucket is configured)
+    ensure_server.py --stop    stop the server this tool started for the current configuration
+
+Settings (environment variables, or KEY=VALUE lines in $BAZEL_CACHE_CONFIG, by default
+${XDG_CONFIG_HOME:-~/.config}/bazel-s3-cache/config; the environment wins):
+    BAZEL_CACHE_S3_BUCKET        bucket name; caching through S3 is on when it is set
+    BAZEL_CACHE_S3_PREFIX        key prefix in the bucket (default bazel-cache)
+    BAZEL_CACHE_S3_REGION        AWS region (default: the AWS configuration's)
+    BAZEL_CACHE_S3_ENDPOINT_URL  S3 endpoint for S3-compatible stores (default: AWS)
+    BAZEL_CACHE_DISK_LIMIT       size of the local disk tier (default 10G)
+    BAZEL_CACHE_DIR              server state and disk tier
+                                 (default ${XDG_CACHE_HOME:-~/.cache}/bazel-s3-cache)
+    BAZEL_CACHE_PYTHON           command that runs the server's Python (default: this one)
+Credentials come from the standard AWS chain (environment, ~/.aws, instance role); they are
+never written anywhere by the cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+SERVER_SCRIPT = Path(__file__).resolve().parent / "server.py"
+SERVICE_NAME = "bazel-s3-cache"  # what server.py's /status calls itself
+SETTINGS = {
+    "BAZEL_CACHE_S3_BUCKET": "bucket",
+    "BAZEL_CACHE_S3_PREFIX": "prefix",
+    "BAZEL_CACHE_S3_REGION": "region",
+    "BAZEL_CACHE_S3_ENDPOINT_URL": "endpoint_url",
+    "BAZEL_CACHE_DISK_LIMIT": "disk_limit",
+    "BAZEL_CACHE_DIR": "state_dir",
+    "BAZEL_CACHE_PYTHON": "python",
+}
+
+
+class CacheServerError(Exception):
+    """The cache server is misconfigured or would not start; the message says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheConfig:
+    bucket: str
+    state_dir: Path
+    prefix: str = "bazel-cache"
+    region: str = ""
+    endpoint_url: str = ""
+    disk_limit: str = "10G"
+    python: tuple[str, ...] = (sys.executable,)
+
+    def server_dir(self) -> Path:
+        """One server (and disk tier) per bucket location, so switching buckets stops nothing."""
+        where = json.dumps([self.bucket, self.prefix, self.region, self.endpoint_url])
+        return self.state_dir / hashlib.sha256(where.encode()).hexdigest()[:16]
+
+
+def load_config(env: dict[str, str] | None = None) -> CacheConfig | None:
+    """The configured S3 cache, or None when no bucket is configured."""
+    env = os.environ if env is None else env
+    home = env.get("HOME") or os.path.expanduser("~")
+    config_home = env.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
+    config_file = Path(
+        env.get("BAZEL_CACHE_CONFIG")
+        or os.path.join(config_home, "bazel-s3-cache", "config")
+    )
+    values = _read_config_file(config_file) if config_file.is_file() else {}
+    values.update({name: env[name] for name in SETTINGS if env.get(name)})
+    if not values.get("BAZEL_CACHE_S3_BUCKET"):
+        return None
+    cache_home = env.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
+    fields = {SETTINGS[name]: value for name, value in values.items()}
+    fields["state_dir"] = Path(
+        fields.get("state_dir") or os.path.join(cache_home, "bazel-s3-cache")
+    ).expanduser()
+    if "python" in fields:
+        fields["python"] = tuple(shlex.split(fields["python"]))
+    return CacheConfig(**fields)
+
+
+def _read_config_file(path: Path) -> dict[str, str]:
+    values = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, equals, value = line.partition("=")
+        name = name.strip().removeprefix("export ").strip()
+        if not equals or name not in SETTINGS:
+            raise CacheServerError(
+                f"{path}:{number}: expected NAME=VALUE with NAME one of {', '.join(SETTINGS)}"
+            )
+        values[name] = value.strip().strip("'\"")
+    return values
+
+
+def bazelrc_lines(url: str) -> list[str]:
+    """Lines for the launcher's rc file that send builds through the cache server at `url`."""
+    return ["build --config=s3cache", f"build --remote_cache={url}"]
+
+
+def ensure_server(config: CacheConfig, timeout: float = 30.0) -> str:
+    """The URL of a healthy server for `config`, started in the background if none is running."""
+    directory = config.server_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "ensure.lock", "w") as lock:
+        fcntl.flock(
+            lock, fcntl.LOCK_EX
+        )  # concurrent launchers: one starts, the others reuse
+        url = running_server_url(config)
+        return url or _start(config, directory, timeout)
+
+
+def running_server_url(config: CacheConfig) -> str | None:
+    """The URL of the server this tool started for `config`, if it is alive and answering."""
+    record = _read_record(config.server_dir())
+    if record is None:
+        return None
+    status = _fetch_status(record["url"])
+    if (
+        status is None
+        or status.get("service") != SERVICE_NAME
+        or status.get("pid") != record["pid"]
+    ):
+        return None
+    return record["url"]
+
+
+def stop_server(config: CacheConfig, timeout: float = 30.0) -> bool:
+    """Stops the server that ensure_server started for `config` (and nothing else)."""
+    if running_server_url(config) is None:
+        return False
+    pid = _read_record(config.server_dir())["pid"]
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _process_alive(pid):
+        if time.monotonic() > deadline:
+            raise CacheServerError(
+                f"cache server {pid} did not stop within {timeout:.0f}s"
+            )
+        time.sleep(0.1)
+    with contextlib.suppress(FileNotFoundError):
+        (config.server_dir() / "server.json").unlink()
+    return True
+
+
+def _start(config: CacheConfig, directory: Path, timeout: float) -> str:
+    port_file = directory / "port"
+    with contextlib.suppress(FileNotFoundError):
+        port_file.unlink()
+    log_path = directory / "server.log"
+    command = [
+        *config.python,
+        str(SERVER_SCRIPT),
+        f"--cache-dir={directory}",
+        f"--bucket={config.bucket}",
+        f"--prefix={config.prefix}",
+        f"--region={config.region}",
+        f"--endpoint-url={config.endpoint_url}",
+        f"--disk-limit={config.disk_limit}",
+        "--host=127.0.0.1",
+        "--port=0",
+        f"--port-file={port_file}",
+    ]
+    with open(log_path, "ab") as log:
+        try:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # outlives the launcher; Ctrl-C in the build spares it
+                cwd="/",
+            )
+        except OSError as error:
+            raise CacheServerError(
+                f"cannot run {command[0]!r} for the cache server: {error}; "
+                "set BAZEL_CACHE_PYTHON to a Python with boto3 and protobuf"
+            ) from None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise CacheServerError(
+                f"the cache server exited with status {process.returncode}; "
+                f"the end of {log_path}:\n{_tail(log_path)}"
+            )
+        if port_file.exists():
+            url = f"http://127.0.0.1:{int(port_file.read_text())}"
+            status = _fetch_status(url)
+            if status and status.get("pid") == process.pid:
+                _write_record(directory, {"pid": process.pid, "url": url})
+                return url
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    raise CacheServerError(
+        f"the cache server did not answer within {timeout:.0f}s; see {log_path}:\n{_tail(log_path)}"
+    )
+
+
+def _fetch_status(url: str) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"{url}/status", timeout=2) as response:
+            return json.loads(response.read())
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+
+
+def _read_record(directory: Path) -> dict | None:
+    try:
+        record = json.loads((directory / "server.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or not {"pid", "url"} <= record.keys():
+        return None
+    return record
+
+
+def _write_record(directory: Path, record: dict) -> None:
+    temporary = directory / f"server.json.{os.getpid()}"
+    temporary.write_text(json.dumps(record) + "\n")
+    temporary.replace(directory / "server.json")
+
+
+def _process_alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our own child: reap it
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return "(no log)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--stop", action="store_true", help="stop the server started for this config"
+    )
+    args = parser.parse_args(argv)
+    try:
+        config = load_config()
+        if config is None:
+            return 0
+        if args.stop:
+            stopped = stop_server(config)
+            print(
+                "stopped" if stopped else "no server of ours was running",
+                file=sys.stderr,
+            )
+            return 0
+        print(ensure_server(config))
+    except CacheServerError as error:
+        print(f"ensure_server: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
