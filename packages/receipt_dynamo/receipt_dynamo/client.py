@@ -19,6 +19,7 @@ from receipt_dynamo.entities import (
     BatchSummary,
     BatchType,
     CompactionLock,
+    EmbeddingBatchResult,
     EmbeddingStatus,
     EmbeddingTarget,
     EntityError,
@@ -380,6 +381,16 @@ class ReceiptDynamoClient:
                 return False
             raise
         return True
+
+    def list_batch_results(self, batch_id: str) -> list[EmbeddingBatchResult]:
+        items = self._query_all(
+            KeyConditionExpression="PK = :pk AND begins_with(SK, :sk)",
+            ExpressionAttributeValues=serialize(
+                {":pk": f"BATCH#{batch_id}", ":sk": "RESULT#"}
+            ),
+            ConsistentRead=True,
+        )
+        return [EmbeddingBatchResult.from_item(item) for item in items]
 
     def list_batch_summaries(
         self,
