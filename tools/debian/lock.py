@@ -322,8 +322,9 @@ def strip_clearsign(in_release: bytes) -> bytes:
     text = in_release.decode()
     body = text.split("-----BEGIN PGP SIGNED MESSAGE-----", 1)[-1]
     body = body.split("\n\n", 1)[1]  # armor headers end at the first blank line
-    body = body.split("-----BEGIN PGP SIGNATURE-----", 1)[0]
-    return body.encode()
+    body = body.split("\n-----BEGIN PGP SIGNATURE-----", 1)[0]
+    lines = [line.removeprefix("- ") for line in body.split("\n")]
+    return "\n".join(lines).encode() + b"\n"
 
 
 def load_indexes(keyring: str | None, log) -> tuple[dict[str, Index], list[dict]]:
