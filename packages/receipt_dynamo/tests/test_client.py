@@ -1,0 +1,189 @@
+"""The DynamoDB client against a moto server: queries, pagination, batching, conditions, the lock."""
+
+import pytest
+from receipt_dynamo import (
+    BatchStatus,
+    BatchSummary,
+    BatchType,
+    BoundingBox,
+    EmbeddingStatus,
+    EntityError,
+    ReceiptDynamoClient,
+    ReceiptLine,
+    ReceiptMetadata,
+    ReceiptWord,
+    UnprocessedItemsError,
+    target_of,
+)
+
+IMAGE = "3f2b8c1e-7d4a-4b9e-8c2f-1a2b3c4d5e6f"
+BOX = BoundingBox(0.1, 0.2, 0.3, 0.05)
+
+
+class DropsHalfOfEachBatch:
+    """Passes calls to the real client but reports half of every batch write as unprocessed first."""
+
+    def __init__(self, client, times=1):
+        self._client, self.times, self.calls = client, times, 0
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def batch_write_item(self, RequestItems):
+        self.calls += 1
+        ((table, requests),) = RequestItems.items()
+        if self.times > 0:
+            self.times -= 1
+            kept, dropped = (
+                requests[: len(requests) // 2],
+                requests[len(requests) // 2 :],
+            )
+            if kept:
+                self._client.batch_write_item(RequestItems={table: kept})
+            return {"UnprocessedItems": {table: dropped}}
+        return self._client.batch_write_item(RequestItems=RequestItems)
+
+
+@pytest.fixture
+def dynamo(aws):
+    return ReceiptDynamoClient(aws.table_name, aws.dynamodb, sleep=lambda _: None)
+
+
+def _lines(count, receipt_id=1, status=EmbeddingStatus.NONE):
+    return [
+        ReceiptLine(IMAGE, receipt_id, n, f"line {n}", BOX, 0.9, status)
+        for n in range(1, count + 1)
+    ]
+
+
+def test_put_many_writes_in_batches_of_25_and_retries_unprocessed_items(aws):
+    flaky = DropsHalfOfEachBatch(aws.dynamodb, times=2)
+    dynamo = ReceiptDynamoClient(aws.table_name, flaky, sleep=lambda _: None)
+
+    assert dynamo.put_many(_lines(60)) == 60
+
+    assert flaky.calls == 5  # 25 + 25 + 10, and two retries
+    assert len(dynamo.list_receipt_lines(IMAGE, 1)) == 60
+
+
+def test_put_many_gives_up_with_a_clear_error(aws):
+    dynamo = ReceiptDynamoClient(
+        aws.table_name,
+        DropsHalfOfEachBatch(aws.dynamodb, times=99),
+        sleep=lambda _: None,
+    )
+    with pytest.raises(
+        UnprocessedItemsError, match="stayed unprocessed after 8 attempts"
+    ):
+        dynamo.put_many(_lines(4))
+
+
+def test_lines_by_embedding_status_paginate_and_exclude_words(dynamo):
+    dynamo.put_many(
+        _lines(7)
+        + [ReceiptWord(IMAGE, 1, 1, 1, "w", BOX, 0.9)]
+        + _lines(2, 2, EmbeddingStatus.SUCCESS)
+    )
+    seen, token, pages = [], None, 0
+    while True:
+        page = dynamo.list_lines_by_embedding_status(
+            EmbeddingStatus.NONE, limit=3, next_token=token
+        )
+        seen += page.items
+        pages += 1
+        token = page.next_token
+        if token is None:
+            break
+    assert sorted(line.line_id for line in seen) == list(range(1, 8))
+    assert pages >= 3
+    assert len(dynamo.list_words_by_embedding_status(EmbeddingStatus.NONE).items) == 1
+    with pytest.raises(EntityError, match="pass back next_token unchanged"):
+        dynamo.list_lines_by_embedding_status(
+            EmbeddingStatus.NONE, next_token="garbage!"
+        )
+
+
+def test_status_updates_are_conditional_and_move_the_gsi(dynamo):
+    (line,) = _lines(1)
+    dynamo.put(line)
+    target = target_of(line)
+
+    assert dynamo.set_embedding_status(
+        target, EmbeddingStatus.PENDING, only_from=[EmbeddingStatus.NONE]
+    )
+    assert not dynamo.set_embedding_status(
+        target, EmbeddingStatus.PENDING, only_from=[EmbeddingStatus.NONE]
+    )
+    assert [
+        x.line_id
+        for x in dynamo.list_lines_by_embedding_status(EmbeddingStatus.PENDING).items
+    ] == [1]
+    assert dynamo.list_lines_by_embedding_status(EmbeddingStatus.NONE).items == []
+    missing = target_of(_lines(2)[1])
+    assert not dynamo.set_embedding_status(missing, EmbeddingStatus.SUCCESS)
+    assert dynamo.get_embedding_targets([target, missing]) == {
+        target.custom_id: dynamo.list_receipt_lines(IMAGE, 1)[0]
+    }
+
+
+def test_batch_summaries_by_status_and_type(dynamo):
+    for n, batch_type in enumerate(
+        [BatchType.LINE_EMBEDDING] * 3 + [BatchType.WORD_EMBEDDING]
+    ):
+        assert dynamo.put_batch_summary_if_absent(
+            BatchSummary(f"b{n}", batch_type, f"batch_{n}", "t")
+        )
+    assert not dynamo.put_batch_summary_if_absent(
+        BatchSummary("b0", BatchType.LINE_EMBEDDING, "other", "t")
+    )
+
+    assert dynamo.finish_batch_summary("b1", BatchStatus.COMPLETED, "file-1")
+    assert not dynamo.finish_batch_summary("b1", BatchStatus.FAILED)
+    pending_lines = dynamo.list_batch_summaries(
+        BatchStatus.PENDING, BatchType.LINE_EMBEDDING
+    ).items
+    assert sorted(s.batch_id for s in pending_lines) == ["b0", "b2"]
+    assert dynamo.get_batch_summary("b1").result_file_id == "file-1"
+    assert [
+        s.batch_id
+        for s in dynamo.list_batch_summaries(
+            BatchStatus.PENDING, BatchType.WORD_EMBEDDING
+        ).items
+    ] == ["b3"]
+
+
+def test_metadata_lookup(dynamo):
+    dynamo.put(ReceiptMetadata(IMAGE, 1, canonical_merchant_name="Costco"))
+    assert dynamo.get_receipt_metadata(IMAGE, 1).best_merchant_name == "Costco"
+    assert dynamo.get_receipt_metadata(IMAGE, 2) is None
+
+
+def test_lock_is_exclusive_until_it_expires_and_only_its_owner_refreshes_or_releases_it(
+    dynamo,
+):
+    assert dynamo.acquire_lock("receipt_lines", "a", 10, now=1000)
+    assert not dynamo.acquire_lock("receipt_lines", "b", 10, now=1005)
+    assert not dynamo.refresh_lock("receipt_lines", "b", 10, now=1005)
+    assert dynamo.refresh_lock(
+        "receipt_lines", "a", 10, now=1005
+    )  # now expires at 1015
+    assert not dynamo.acquire_lock("receipt_lines", "b", 10, now=1012)
+    assert dynamo.acquire_lock(
+        "receipt_lines", "b", 10, now=1016
+    )  # expired: taken over
+    assert not dynamo.refresh_lock(
+        "receipt_lines", "a", 10, now=1017
+    )  # fencing: a lost it
+    assert not dynamo.release_lock("receipt_lines", "a")
+    lock = dynamo.get_lock("receipt_lines")
+    assert (lock.owner, lock.expires) == ("b", 1026)
+    assert dynamo.release_lock("receipt_lines", "b")
+    assert dynamo.get_lock("receipt_lines") is None
+    assert dynamo.acquire_lock(
+        "receipt_words", "a", 10, now=1000
+    )  # one lock per collection
+
+
+def test_an_expired_lock_cannot_be_refreshed_even_by_its_owner(dynamo):
+    assert dynamo.acquire_lock("receipt_lines", "a", 10, now=1000)
+    assert not dynamo.refresh_lock("receipt_lines", "a", 10, now=1011)
