@@ -5,7 +5,9 @@ environment's plain python3, so it uses the standard library only. Every manifes
 and blob is fetched by its sha256 digest and verified, so what lands on disk is
 exactly what the digest pins, whoever serves it.
 
-Prints a JSON summary (manifest, config, layers, platform) on stdout.
+Prints a JSON summary (manifest, config, layers, platform) on stdout. With --metadata,
+also writes what tools/oci's OciImageInfo carries for a base image: descriptor.json,
+digest and one layer_<n>.json (descriptor, diff_id, history) per layer.
 """
 
 from __future__ import annotations
@@ -119,6 +121,56 @@ def pull(
         "layers": [layer["digest"] for layer in document.get("layers", [])],
         "platform": actual_platform,
     }
+
+
+def canonical_json(value) -> bytes:
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode()
+
+
+def write_metadata(layout_dir: Path, directory: Path) -> None:
+    """The files tools/oci reads for a base image: its descriptor and per-layer metadata."""
+    image = layout.read_image(layout_dir, lambda_media_types=False)
+    config = json.loads(image.config.path.read_bytes())
+    diff_ids = config.get("rootfs", {}).get("diff_ids", [])
+    if len(diff_ids) != len(image.layers):
+        raise client.RegistryError(
+            f"{image.digest} lists {len(image.layers)} layers but its config {len(diff_ids)} diff_ids"
+        )
+    history = [
+        entry for entry in config.get("history", []) if not entry.get("empty_layer")
+    ]
+    if len(history) != len(image.layers):
+        history = [{"created_by": "layer of the base image"} for _ in image.layers]
+    directory.mkdir(parents=True, exist_ok=True)
+    platform = {
+        key: config[key] for key in ("architecture", "os", "variant") if config.get(key)
+    }
+    descriptor = {
+        "mediaType": image.media_type,
+        "digest": image.digest,
+        "size": len(image.manifest),
+    }
+    (directory / "descriptor.json").write_bytes(
+        canonical_json({**descriptor, "platform": platform}) + b"\n"
+    )
+    (directory / "digest").write_text(image.digest)
+    for number, (blob, diff_id, entry) in enumerate(
+        zip(image.layers, diff_ids, history, strict=True)
+    ):
+        metadata = {
+            "descriptor": {
+                "mediaType": blob.media_type,
+                "digest": blob.digest,
+                "size": blob.size,
+            },
+            "diff_id": diff_id,
+            "history": entry,
+        }
+        (directory / f"layer_{number}.json").write_bytes(
+            canonical_json(metadata) + b"\n"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
