@@ -69,7 +69,8 @@ def isolation_prefix(root: Path) -> list[str]:
     """How to run a command with `root` as its /: chroot as root, else a user namespace."""
     chroot, unshare = shutil.which("chroot"), shutil.which("unshare")
     if os.geteuid() == 0 and chroot:
-        return [chroot, str(root)]
+        # As the nonroot user: Lambda runs functions as an unprivileged user too.
+        return [chroot, "--userspec=65532:65532", str(root)]
     if unshare:
         probe = subprocess.run(
             [unshare, "--map-root-user", "true"], capture_output=True, check=False
@@ -106,6 +107,9 @@ def unpacked(request, tmp_path_factory) -> tuple[str, Path]:
     subprocess.run(
         ["tar", "-xf", str(ROOTFS[arch].resolve()), "-C", str(root)], check=True
     )
+    root.chmod(
+        0o755
+    )  # as a container's / is; mktemp's 0700 would lock out the nonroot user
     return arch, root
 
 

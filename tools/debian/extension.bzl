@@ -64,7 +64,7 @@ def _lock_problem(lock, inputs, lock_label, packages_label):
     if lock["inputs"] != inputs:
         added = [name for name in inputs if name not in lock["inputs"]]
         removed = [name for name in lock["inputs"] if name not in inputs]
-        return "%s is stale: %s lists %s that the lock does not (and the lock has %s that it does not list). %s" % (
+        return "%s is stale: %s adds %s and removes %s. %s" % (
             lock_label,
             packages_label,
             ", ".join(added) or "nothing",
@@ -79,12 +79,15 @@ def _lock_problem(lock, inputs, lock_label, packages_label):
                 return "%s pins %s (%s) without a URL and sha256. %s" % (lock_label, entry["name"], arch, REGENERATE)
     return None
 
+def _path(label):
+    return label.package + "/" + label.name if label.package else label.name
+
 def _debian_impl(mctx):
     for module in mctx.modules:
         for tag in module.tags.lock:
             lock = json.decode(mctx.read(tag.lock), default = None)
             inputs = package_names(mctx.read(tag.packages))
-            error = _lock_problem(lock, inputs, str(tag.lock), str(tag.packages))
+            error = _lock_problem(lock, inputs, _path(tag.lock), _path(tag.packages))
             architectures = {}
             if not error:
                 for arch, entries in sorted(lock["packages"].items()):
