@@ -6,26 +6,23 @@ normalized so the layer depends only on contents and paths: sorted, mtime fixed 
 SOURCE_DATE_EPOCH (default 0), uid/gid 0 without names, files 0644 (0755 when any
 execute bit was set in an input tar, or as given by --mode), directories 0755 (world-
 writable sticky directories such as /tmp keep 1777), every parent directory present,
-hard links pointing at the first path of their group. The gzip stream is deflated in
-fixed-size blocks with ISA-L (pigz style), so its bytes do not depend on the thread count.
+hard links pointing at the first path of their group. gzip is ISA-L's igzip (level 1 by
+default: about 35x the throughput of `gzip -6` for 12% more bytes; see bench/oci).
 """
 
 import argparse
 import collections
-import concurrent.futures
 import dataclasses
 import hashlib
 import os
 import shutil
-import struct
 import tarfile
 import tempfile
 from collections.abc import Callable
 
 from tools.oci import common
 
-GZIP_BLOCK_SIZE = 1 << 20
-DEFLATE_WINDOW = 1 << 15
+CHUNK_SIZE = 1 << 20
 DEFAULT_LEVELS = {"gzip": 1, "zstd": 3, "none": 0}
 DEFAULT_SITE_PACKAGES = "/usr/lib/python3.13/site-packages"
 
@@ -368,103 +365,74 @@ class _HashingWriter:
         return "sha256:" + self.hash.hexdigest()
 
 
-class ParallelGzipWriter:
-    """A gzip stream of blocks deflated independently (each primed with the previous 32 KiB), like pigz.
+def _gzip_compressor(level):
+    from isal import isal_zlib
 
-    The header has no name and mtime 0; the bytes depend only on the input, level and block size.
+    # wbits 31: a gzip container whose header has no file name and mtime 0
+    return isal_zlib.compressobj(level, isal_zlib.DEFLATED, 31)
+
+
+def _zstd_compressor(level):
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=level).compressobj()
+
+
+class _Uncompressed:
+    def compress(self, data):
+        return data
+
+    def flush(self):
+        return b""
+
+
+COMPRESSORS = {
+    "gzip": _gzip_compressor,
+    "zstd": _zstd_compressor,
+    "none": lambda level: _Uncompressed(),
+}
+
+
+class ChunkedCompressor:
+    """Feeds the compressor fixed-size chunks.
+
+    ISA-L's output depends on how its input is split into calls, and the sizes of tarfile's
+    writes are an implementation detail of the Python version; fixed chunks make the blob's
+    bytes depend only on the tar bytes.
     """
 
-    def __init__(self, sink, level, threads):
-        from isal import isal_zlib
-
-        self._zlib = isal_zlib
+    def __init__(self, sink, compressor):
         self.sink = sink
-        self.level = level
-        self.threads = threads
-        self._pool = (
-            concurrent.futures.ThreadPoolExecutor(threads) if threads > 1 else None
-        )
+        self.compressor = compressor
         self._pending = bytearray()
-        self._previous_tail = b""
-        self._queue = collections.deque()
-        self._crc = 0
-        self._size = 0
-        # magic, deflate, no flags, mtime 0, no extra flags, OS unknown
-        sink.write(struct.pack("<BBBBIBB", 0x1F, 0x8B, 8, 0, 0, 0, 255))
 
     def write(self, data):
         self._pending += data
-        while len(self._pending) >= GZIP_BLOCK_SIZE:
-            block = bytes(self._pending[:GZIP_BLOCK_SIZE])
-            del self._pending[:GZIP_BLOCK_SIZE]
-            self._submit(block, last=False)
+        if len(self._pending) >= CHUNK_SIZE:
+            view = memoryview(self._pending)
+            whole = len(view) - len(view) % CHUNK_SIZE
+            for start in range(0, whole, CHUNK_SIZE):
+                self.sink.write(
+                    self.compressor.compress(view[start : start + CHUNK_SIZE])
+                )
+            view.release()
+            del self._pending[:whole]
         return len(data)
 
-    def _submit(self, block, last):
-        self._crc = self._zlib.crc32(block, self._crc)
-        self._size += len(block)
-        dictionary, self._previous_tail = self._previous_tail, block[-DEFLATE_WINDOW:]
-        if self._pool is None:
-            self.sink.write(self._deflate(block, dictionary, last))
-            return
-        self._queue.append(self._pool.submit(self._deflate, block, dictionary, last))
-        while len(self._queue) > 2 * self.threads:
-            self.sink.write(self._queue.popleft().result())
-
-    def _deflate(self, block, dictionary, last):
-        if dictionary:
-            compressor = self._zlib.compressobj(
-                self.level, self._zlib.DEFLATED, -15, zdict=dictionary
-            )
-        else:
-            compressor = self._zlib.compressobj(self.level, self._zlib.DEFLATED, -15)
-        flush_mode = self._zlib.Z_FINISH if last else self._zlib.Z_SYNC_FLUSH
-        return compressor.compress(block) + compressor.flush(flush_mode)
-
     def close(self):
-        self._submit(bytes(self._pending), last=True)
+        self.sink.write(self.compressor.compress(bytes(self._pending)))
+        self.sink.write(self.compressor.flush())
         self._pending.clear()
-        while self._queue:
-            self.sink.write(self._queue.popleft().result())
-        if self._pool is not None:
-            self._pool.shutdown()
-        self.sink.write(
-            struct.pack("<II", self._crc & 0xFFFFFFFF, self._size & 0xFFFFFFFF)
-        )
 
 
-class _ZstdWriter:
-    """zstd in its multi-threaded framing even for one thread, so the bytes do not depend on the thread count."""
-
-    def __init__(self, sink, level, threads):
-        import zstandard
-
-        compressor = zstandard.ZstdCompressor(level=level, threads=max(threads, 1))
-        self._writer = compressor.stream_writer(sink, closefd=False)
-
-    def write(self, data):
-        return self._writer.write(data)
-
-    def close(self):
-        self._writer.close()
-
-
-class _PlainWriter:
-    def __init__(self, sink, level, threads):
-        self.write = sink.write
-
-    def close(self):
-        pass
-
-
-COMPRESSORS = {"gzip": ParallelGzipWriter, "zstd": _ZstdWriter, "none": _PlainWriter}
-
-
-def write_layer(entries, blob_file, compression="gzip", level=None, threads=1, mtime=0):
+def write_layer(entries, blob_file, compression="gzip", level=None, mtime=0):
     """Writes the tar stream of `entries` compressed into blob_file; returns (digest, size, diff_id)."""
     compressed = _HashingWriter(blob_file)
-    compressor = COMPRESSORS[compression](
-        compressed, DEFAULT_LEVELS[compression] if level is None else level, threads
+    compressor = ChunkedCompressor(
+        compressed,
+        COMPRESSORS[compression](
+            DEFAULT_LEVELS[compression] if level is None else level
+        ),
     )
     uncompressed = _HashingWriter(compressor)
     with tarfile.open(
@@ -554,7 +522,7 @@ def build(args):
         epoch = common.source_date_epoch()
         with common.AtomicOutput(args.output) as blob:
             digest, size, diff_id = write_layer(
-                entries, blob, args.compression, args.level, args.threads, epoch
+                entries, blob, args.compression, args.level, epoch
             )
     finally:
         layer.close()
@@ -621,12 +589,6 @@ def parse_args(argv):
         help="compression level (default: gzip 1 with ISA-L, zstd 3)",
     )
     parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="compression threads; output is the same for any",
-    )
-    parser.add_argument(
         "--created-by", default="", help="the history entry's created_by text"
     )
     parser.add_argument("--comment", default="", help="the history entry's comment")
@@ -637,8 +599,6 @@ def parse_args(argv):
         and not 0 <= args.level <= 3
     ):
         parser.error("--level for gzip (ISA-L) must be 0..3")
-    if args.threads < 1:
-        parser.error("--threads must be at least 1")
     return args
 
 
