@@ -43,12 +43,16 @@ def test_pull_by_digest_with_token_auth_reproduces_the_image(
 ):
     image = images.build("receipt_upload")
     seed(token_registry, image, "lambda/python")
-    output = tmp_path / "external" / "layout"
+    output, metadata = (
+        tmp_path / "external" / "layout",
+        tmp_path / "external" / "metadata",
+    )
     code, stdout, stderr = run_pull(
         f"--registry={token_registry.address}",
         "--repository=lambda/python",
         f"--digest={image.digest}",
         f"--output={output}",
+        f"--metadata={metadata}",
     )
     assert code == 0, stderr
     summary = json.loads(stdout)
@@ -61,12 +65,27 @@ def test_pull_by_digest_with_token_auth_reproduces_the_image(
             blob.path.read_bytes()
             == (image.layout / "blobs" / "sha256" / blob.digest[7:]).read_bytes()
         )
-    assert any(
-        claims["sub"] == "pusher" for claims in token_server.issued
-    )  # the token flow was used
-    assert sorted(p.name for p in output.parent.iterdir()) == [
-        "layout"
-    ]  # no staging left behind
+    # The token flow was used, and no staging directory was left behind.
+    assert any(claims["sub"] == "pusher" for claims in token_server.issued)
+    assert sorted(p.name for p in output.parent.iterdir()) == ["layout", "metadata"]
+
+    # What tools/oci's OciImageInfo needs of a base image.
+    manifest, config = (
+        json.loads(image.manifest),
+        json.loads(pulled.config.path.read_bytes()),
+    )
+    descriptor = json.loads((metadata / "descriptor.json").read_text())
+    assert descriptor == {
+        "mediaType": client.OCI_MANIFEST,
+        "digest": image.digest,
+        "size": len(image.manifest),
+        "platform": {"architecture": "arm64", "os": "linux"},
+    }
+    assert (metadata / "digest").read_text() == image.digest
+    for number, layer in enumerate(manifest["layers"]):
+        layer_metadata = json.loads((metadata / f"layer_{number}.json").read_text())
+        assert layer_metadata["descriptor"] == layer
+        assert layer_metadata["diff_id"] == config["rootfs"]["diff_ids"][number]
 
 
 def test_pull_picks_the_platform_from_an_index(open_registry, tmp_path):

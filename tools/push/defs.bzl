@@ -68,10 +68,11 @@ def _image_name(label):
     return label.name
 
 def _runner(ctx, infos, rule_name):
-    names = [info.name for info in infos]
-    for name in names:
-        if names.count(name) > 1:
-            fail("two images are both named %r; give one oci_push another target name" % name)
+    seen = {}
+    for info in infos:
+        if info.name in seen:
+            fail("two images are both named %r; give one oci_push another target name" % info.name)
+        seen[info.name] = True
     targets = ctx.actions.declare_file(ctx.label.name + ".targets.json")
     ctx.actions.write(targets, json.encode_indent([
         {

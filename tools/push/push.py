@@ -596,6 +596,18 @@ def write_references(
     os.replace(temporary, path)
 
 
+def shown_path(path: Path) -> Path:
+    """`path` as bazel-bin/... when it is under the workspace's bazel-bin, which reads better."""
+    workspace = os.environ.get("BUILD_WORKSPACE_DIRECTORY")
+    if workspace:
+        bazel_bin = Path(workspace, "bazel-bin")
+        try:
+            return Path("bazel-bin") / path.resolve().relative_to(bazel_bin.resolve())
+        except (OSError, ValueError):
+            pass
+    return path
+
+
 def default_local_registry_dir() -> Path:
     # `bazel run` executes from <output_user_root>/<hash>/execroot/...: keep the storage beside the
     # output bases, where the Bazel cache lives, so `bazel clean --expunge` of one workspace keeps it.
@@ -755,7 +767,7 @@ def _run(argv: list[str], out, err) -> tuple[int, list[Result]]:
         output = user_path(args.output_json) if args.output_json else None
         if output:
             write_references(output, registry, results)
-            print(f"references: {output}", file=out)
+            print(f"references: {shown_path(output)}", file=out)
     return (1 if failed else 0), results
 
 

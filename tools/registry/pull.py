@@ -189,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         "--output", required=True, type=Path, help="the layout directory to write"
     )
     parser.add_argument(
+        "--metadata", type=Path, help="also write tools/oci base-image metadata here"
+    )
+    parser.add_argument(
         "--registry-endpoint", help="connect here instead (a mirror, a test server)"
     )
     parser.add_argument(
@@ -205,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = pull(
             registry, args.repository, args.digest, args.output, args.platform
         )
+        if args.metadata:
+            write_metadata(args.output, args.metadata)
     except client.RegistryError as error:
         print(f"oci_pull: error: {error}", file=sys.stderr)
         return 1
