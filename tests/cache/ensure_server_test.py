@@ -37,7 +37,7 @@ def config(tmp_path, moto_s3, monkeypatch):
         endpoint_url=moto_s3.endpoint_url,
         region="us-east-1",
         state_dir=tmp_path / "state",
-        python=(sys.executable,),
+        server_command=(sys.executable, str(ensure_server.SERVER_SCRIPT)),
     )
     yield settings
     ensure_server.stop_server(settings)
@@ -58,7 +58,7 @@ def test_config_comes_from_the_user_file_and_the_environment_wins(tmp_path):
         "# team cache\n"
         "BAZEL_CACHE_S3_BUCKET=team-bucket\n"
         "export BAZEL_CACHE_S3_REGION='eu-west-1'\n"
-        "BAZEL_CACHE_PYTHON=/opt/python/bin/python3 -X utf8\n"
+        "BAZEL_CACHE_SERVER_COMMAND=/opt/python/bin/python3 -X utf8 'my server.py'\n"
     )
     env = {
         "HOME": str(tmp_path),
@@ -69,7 +69,12 @@ def test_config_comes_from_the_user_file_and_the_environment_wins(tmp_path):
     assert config.bucket == "team-bucket"
     assert config.region == "us-west-2"
     assert config.prefix == "bazel-cache"
-    assert config.python == ("/opt/python/bin/python3", "-X", "utf8")
+    assert config.server_command == (
+        "/opt/python/bin/python3",
+        "-X",
+        "utf8",
+        "my server.py",
+    )
     assert config.state_dir == tmp_path / ".cache" / "bazel-s3-cache"
 
     config_file.write_text("BUCKET=typo\n")
@@ -109,7 +114,7 @@ def test_a_dead_server_is_replaced(config):
 
 def test_stop_stops_only_the_server_it_started(config, tmp_path):
     other = ensure_server.CacheConfig(
-        bucket="another-bucket", state_dir=tmp_path / "state", python=(sys.executable,)
+        bucket="another-bucket", state_dir=tmp_path / "state"
     )
     assert ensure_server.stop_server(other) is False  # never started: nothing to stop
     url = ensure_server.ensure_server(config)
@@ -124,18 +129,18 @@ def test_a_server_that_cannot_start_is_reported(config, tmp_path):
     broken = ensure_server.CacheConfig(
         bucket="b",
         state_dir=tmp_path / "broken",
-        python=(
-            sys.executable,
-            "-c",
-            "import sys; print('no boto3 here'); sys.exit(3)",
-        ),
+        server_command=(sys.executable, "-c", "print('no boto3 here'); exit(3)"),
     )
     with pytest.raises(
         ensure_server.CacheServerError, match=r"status 3(.|\n)*no boto3 here"
     ):
         ensure_server.ensure_server(broken)
     missing = ensure_server.CacheConfig(
-        bucket="b", state_dir=tmp_path / "missing", python=("/nonexistent/python3",)
+        bucket="b",
+        state_dir=tmp_path / "missing",
+        server_command=("/nonexistent/python3",),
     )
-    with pytest.raises(ensure_server.CacheServerError, match="BAZEL_CACHE_PYTHON"):
+    with pytest.raises(
+        ensure_server.CacheServerError, match="BAZEL_CACHE_SERVER_COMMAND"
+    ):
         ensure_server.ensure_server(missing)

@@ -4,7 +4,7 @@ For tools/bazel: `load_config()` reads the bucket settings from the environment 
 config file (None: no bucket, use --disk_cache), `ensure_server(config)` returns the URL of a
 healthy server on a loopback port, starting one if needed, and `bazelrc_lines(url)` are the
 lines that point Bazel at it. Only the standard library is used; the server itself needs a
-Python with boto3 and protobuf (BAZEL_CACHE_PYTHON, default: this interpreter).
+Python with boto3 and protobuf (see BAZEL_CACHE_SERVER_COMMAND).
 
     ensure_server.py           print the server URL (nothing when no bucket is configured)
     ensure_server.py --stop    stop the server this tool started for the current configuration
@@ -18,7 +18,9 @@ ${XDG_CONFIG_HOME:-~/.config}/bazel-s3-cache/config; the environment wins):
     BAZEL_CACHE_DISK_LIMIT       size of the local disk tier (default 10G)
     BAZEL_CACHE_DIR              server state and disk tier
                                  (default ${XDG_CACHE_HOME:-~/.cache}/bazel-s3-cache)
-    BAZEL_CACHE_PYTHON           command that runs the server's Python (default: this one)
+    BAZEL_CACHE_SERVER_COMMAND   command that runs server.py, given the server's flags after
+                                 it (default: this Python and server.py; for instance
+                                 `tools/bazel run //tools/cache:server --`)
 Credentials come from the standard AWS chain (environment, ~/.aws, instance role); they are
 never written anywhere by the cache.
 """
@@ -39,10 +41,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
 SERVER_SCRIPT = Path(__file__).resolve().parent / "server.py"
-SERVICE_NAME = "bazel-s3-cache"  # what server.py's /status calls itself
 SETTINGS = {
     "BAZEL_CACHE_S3_BUCKET": "bucket",
     "BAZEL_CACHE_S3_PREFIX": "prefix",
@@ -50,7 +52,7 @@ SETTINGS = {
     "BAZEL_CACHE_S3_ENDPOINT_URL": "endpoint_url",
     "BAZEL_CACHE_DISK_LIMIT": "disk_limit",
     "BAZEL_CACHE_DIR": "state_dir",
-    "BAZEL_CACHE_PYTHON": "python",
+    "BAZEL_CACHE_SERVER_COMMAND": "server_command",
 }
 
 
@@ -66,7 +68,7 @@ class CacheConfig:
     region: str = ""
     endpoint_url: str = ""
     disk_limit: str = "10G"
-    python: tuple[str, ...] = (sys.executable,)
+    server_command: tuple[str, ...] = (sys.executable, str(SERVER_SCRIPT))
 
     def server_dir(self) -> Path:
         """One server (and disk tier) per bucket location, so switching buckets stops nothing."""
@@ -92,8 +94,8 @@ def load_config(env: dict[str, str] | None = None) -> CacheConfig | None:
     fields["state_dir"] = Path(
         fields.get("state_dir") or os.path.join(cache_home, "bazel-s3-cache")
     ).expanduser()
-    if "python" in fields:
-        fields["python"] = tuple(shlex.split(fields["python"]))
+    if "server_command" in fields:
+        fields["server_command"] = tuple(shlex.split(fields["server_command"]))
     return CacheConfig(**fields)
 
 
@@ -109,7 +111,10 @@ def _read_config_file(path: Path) -> dict[str, str]:
             raise CacheServerError(
                 f"{path}:{number}: expected NAME=VALUE with NAME one of {', '.join(SETTINGS)}"
             )
-        values[name] = value.strip().strip("'\"")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[name] = value
     return values
 
 
@@ -123,9 +128,8 @@ def ensure_server(config: CacheConfig, timeout: float = 30.0) -> str:
     directory = config.server_dir()
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / "ensure.lock", "w") as lock:
-        fcntl.flock(
-            lock, fcntl.LOCK_EX
-        )  # concurrent launchers: one starts, the others reuse
+        # Concurrent launchers: the first starts the server, the others wait and reuse it.
+        fcntl.flock(lock, fcntl.LOCK_EX)
         url = running_server_url(config)
         return url or _start(config, directory, timeout)
 
@@ -136,11 +140,7 @@ def running_server_url(config: CacheConfig) -> str | None:
     if record is None:
         return None
     status = _fetch_status(record["url"])
-    if (
-        status is None
-        or status.get("service") != SERVICE_NAME
-        or status.get("pid") != record["pid"]
-    ):
+    if status is None or status.get("instance_id") != record["instance_id"]:
         return None
     return record["url"]
 
@@ -168,9 +168,10 @@ def _start(config: CacheConfig, directory: Path, timeout: float) -> str:
     with contextlib.suppress(FileNotFoundError):
         port_file.unlink()
     log_path = directory / "server.log"
+    instance_id = uuid.uuid4().hex
     command = [
-        *config.python,
-        str(SERVER_SCRIPT),
+        *config.server_command,
+        f"--instance-id={instance_id}",
         f"--cache-dir={directory}",
         f"--bucket={config.bucket}",
         f"--prefix={config.prefix}",
@@ -189,12 +190,12 @@ def _start(config: CacheConfig, directory: Path, timeout: float) -> str:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # outlives the launcher; Ctrl-C in the build spares it
-                cwd="/",
             )
         except OSError as error:
             raise CacheServerError(
-                f"cannot run {command[0]!r} for the cache server: {error}; "
-                "set BAZEL_CACHE_PYTHON to a Python with boto3 and protobuf"
+                f"cannot run {command[0]!r} for the cache server: {error}; set "
+                "BAZEL_CACHE_SERVER_COMMAND to a command that runs server.py with boto3 "
+                "and protobuf"
             ) from None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -206,8 +207,10 @@ def _start(config: CacheConfig, directory: Path, timeout: float) -> str:
         if port_file.exists():
             url = f"http://127.0.0.1:{int(port_file.read_text())}"
             status = _fetch_status(url)
-            if status and status.get("pid") == process.pid:
-                _write_record(directory, {"pid": process.pid, "url": url})
+            if status and status.get("instance_id") == instance_id:
+                # The server's own pid: a wrapper command may have started it as a child.
+                record = {"pid": status["pid"], "url": url, "instance_id": instance_id}
+                _write_record(directory, record)
                 return url
         time.sleep(0.05)
     process.kill()
@@ -230,7 +233,10 @@ def _read_record(directory: Path) -> dict | None:
         record = json.loads((directory / "server.json").read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(record, dict) or not {"pid", "url"} <= record.keys():
+    if (
+        not isinstance(record, dict)
+        or not {"pid", "url", "instance_id"} <= record.keys()
+    ):
         return None
     return record
 

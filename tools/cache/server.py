@@ -1004,8 +1004,11 @@ class CacheHTTPServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256
 
-    def __init__(self, address, cache: BlobCache, stats: Stats, describe_s3: dict):
+    def __init__(
+        self, address, cache, stats: Stats, describe_s3: dict, instance_id: str
+    ):
         super().__init__(address, CacheRequestHandler)
+        self.instance_id = instance_id
         self.cache = cache
         self.stats = stats
         self._describe_s3 = describe_s3
@@ -1018,6 +1021,7 @@ class CacheHTTPServer(http.server.ThreadingHTTPServer):
         uploads = self.cache.uploader.status() if self.cache.uploader else None
         return {
             "service": SERVICE_NAME,
+            "instance_id": self.instance_id,
             "pid": os.getpid(),
             "uptime_seconds": round(time.monotonic() - self._started, 1),
             "totals": self.stats.snapshot(),
@@ -1065,6 +1069,9 @@ def parse_args(argv=None):
         "--drain-timeout", type=float, default=20.0, help="wait for uploads at exit"
     )
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--instance-id", default="", help="echoed by /status, for health checks"
+    )
     return parser.parse_args(argv)
 
 
@@ -1105,7 +1112,9 @@ def main(argv=None) -> int:
     else:
         log.warning("no S3 bucket configured: serving the disk tier only")
     cache = BlobCache(disk, s3, uploader, stats)
-    server = CacheHTTPServer((args.host, args.port), cache, stats, describe_s3)
+    server = CacheHTTPServer(
+        (args.host, args.port), cache, stats, describe_s3, args.instance_id
+    )
     port = server.server_address[1]
     if args.port_file:
         temp = f"{args.port_file}.{os.getpid()}"
