@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from receipt_dynamo import BatchStatus, EmbeddingStatus, ReceiptDynamoClient, target_of
+from receipt_label.embedding_requests import word_requests
 
 from tests.pipeline.fake_openai import API_KEY, fake_embedding
 from tests.pipeline.fixtures import (
@@ -105,6 +106,13 @@ def test_receipts_flow_from_dynamodb_to_a_queryable_snapshot(
         "SPROUTS FARMERS MARKET",
         "ALMOND MILK 3.49",
     )
+    expected_word_inputs = {
+        r.custom_id: r.input for r in word_requests(embeddable_words, words)
+    }
+    for custom_id, record in word_records.items():
+        assert _close(
+            record["embedding"], fake_embedding(expected_word_inputs[custom_id])
+        ), custom_id
     milk_word = word_records[
         f"IMAGE#{SPROUTS_IMAGE}#RECEIPT#00001#LINE#00003#WORD#00002"
     ]
@@ -117,6 +125,16 @@ def test_receipts_flow_from_dynamodb_to_a_queryable_snapshot(
         milk_word["embedding"],
         fake_embedding("MILK | left: ALMOND | right: 3.49 | position: middle-center"),
     )
+
+    pointer = aws.s3.get_object(
+        Bucket=aws.chromadb_bucket, Key="receipt_lines/snapshot/latest-pointer.txt"
+    )
+    redelivered = handlers["compact_embeddings"].handler(sqs_event(messages), None)
+    assert redelivered == {"batchItemFailures": []}
+    again = aws.s3.get_object(
+        Bucket=aws.chromadb_bucket, Key="receipt_lines/snapshot/latest-pointer.txt"
+    )
+    assert again["Body"].read() == pointer["Body"].read()
 
     nearest = query_snapshot(
         aws, "receipt_lines", tmp_path, fake_embedding("grand total")
