@@ -24,7 +24,7 @@ from tools.oci import common
 
 CHUNK_SIZE = 1 << 20
 DEFAULT_LEVELS = {"gzip": 1, "zstd": 3, "none": 0}
-DEFAULT_SITE_PACKAGES = "/usr/lib/python3.13/site-packages"
+DEFAULT_SITE_PACKAGES = "/usr/local/lib/python3.13/dist-packages"
 
 
 @dataclasses.dataclass

@@ -178,7 +178,7 @@ def _py_layer_impl(ctx):
 
 py_layer = rule(
     implementation = _py_layer_impl,
-    doc = """A layer of Python libraries installed under `site_packages`, as `import` will find them.
+    doc = """A layer of Python libraries installed under `site_packages`, where `import` finds them.
 
     Third-party files (wheel repositories, runfiles paths '../<repo>/site-packages/...') keep
     their path below the wheel's site-packages; first-party files (this repository) keep their
@@ -195,9 +195,9 @@ py_layer = rule(
             doc = "Which files of the closure: all, third_party (wheels) or first_party (this repository).",
         ),
         "site_packages": attr.string(
-            default = "/usr/lib/python3.13/site-packages",
-            doc = "Where the packages go. Debian's python3.13 does not search this directory by itself: " +
-                  "put it on PYTHONPATH in the image env, or use /usr/lib/python3/dist-packages.",
+            default = "/usr/local/lib/python3.13/dist-packages",
+            doc = "Where the packages go. The default is where Debian's python3.13 looks for " +
+                  "pip-installed packages without PYTHONPATH (it never searches .../site-packages).",
         ),
         "allow_overwrite": attr.bool(doc = "Let a later file replace one at the same path instead of failing."),
         "created_by": attr.string(doc = "History text of the layer; defaults to the target label."),

@@ -396,7 +396,7 @@ def test_python_files_land_in_site_packages(tmp_path):
         "--py-import-root", "_main/packages/receipt_dynamo",
     )  # fmt: skip
     files = [name for name, (info, _) in tar_members(blob).items() if info.isreg()]
-    site = "usr/lib/python3.13/site-packages/"
+    site = "usr/local/lib/python3.13/dist-packages/"
     assert files == [
         site + "numpy-2.0.dist-info/RECORD",
         site + "numpy/__init__.py",

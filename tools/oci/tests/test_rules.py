@@ -92,7 +92,7 @@ def test_layers_hold_normalized_files_where_the_rules_put_them():
     assert rootfs["usr/bin/another-name"][0].mode == 0o755
     assert rootfs["usr/bin/tool"][0].islnk()
     assert rootfs["usr/share/doc/notes"][0].mode == 0o644
-    site = "usr/lib/python3.13/site-packages/"
+    site = "usr/local/lib/python3.13/dist-packages/"
     assert site + "jmespath/__init__.py" in third_party
     assert any(
         name.startswith(site + "jmespath-") and name.endswith(".dist-info/RECORD")
@@ -145,7 +145,9 @@ def test_umoci_unpacks_the_layout(tmp_path):
         .read_text()
         .startswith('"""A first-party package')
     )
-    assert (rootfs / "usr/lib/python3.13/site-packages/jmespath/__init__.py").is_file()
+    assert (
+        rootfs / "usr/local/lib/python3.13/dist-packages/jmespath/__init__.py"
+    ).is_file()
     assert (
         os.stat(rootfs / "usr/bin/tool").st_ino
         == os.stat(rootfs / "usr/bin/another-name").st_ino
