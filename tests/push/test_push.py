@@ -318,6 +318,17 @@ def test_malformed_registry_gives_one_clear_error(registry, message, images, run
     assert run.stderr.count("\n") == 1 and message in run.stderr, run.stderr
 
 
+def test_a_registry_that_is_not_running_is_one_clear_error(images, run_push):
+    started = time.monotonic()
+    image = images.build("similarity")
+    run = run_push(
+        "--registry", f"127.0.0.1:{free_port()}", f"--image=x={image.layout}"
+    )
+    assert run.code == 2 and run.stderr.count("\n") == 1
+    assert "connection refused" in run.stderr and "is running" in run.stderr
+    assert time.monotonic() - started < 10  # no long retry loop for a wrong address
+
+
 @pytest.fixture
 def moto_ecr(monkeypatch):
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
@@ -360,6 +371,9 @@ def test_ecr_unknown_repository_needs_create_repositories(
         "--repository-prefix",
         "receipts/",
     ]
+    small_chunks = run_push(*where, f"--image=receipt_upload={image.layout}")
+    assert small_chunks.code == 2 and "at least 5 MiB" in small_chunks.stderr
+    where += ["--chunk-size", str(5 << 20)]
     refused = run_push(*where, f"--image=receipt_upload={image.layout}")
     assert refused.code == 2
     assert (
@@ -408,6 +422,8 @@ def test_ecr_without_aws_credentials_is_a_clear_error(
         ECR,
         "--registry-endpoint",
         ecr_registry.url,
+        "--chunk-size",
+        str(5 << 20),
         f"--image=fn={image.layout}",
     )
     assert run.code == 2

@@ -670,6 +670,10 @@ def _run(argv: list[str], out, err) -> tuple[int, list[Result]]:
     )
 
     ecr_host = ecr.parse_host(address.name)
+    if ecr_host and args.chunk_size < 5 << 20:
+        raise UsageError(
+            "ECR takes upload chunks of at least 5 MiB; use --chunk-size 5242880 or more"
+        )
     if ecr_host:
         create = (
             args.create_repositories

@@ -771,8 +771,25 @@ class Registry:
 
     def ping(self) -> None:
         """Checks that the endpoint speaks the registry API, learning how it wants auth."""
+
+        def attempt() -> None:
+            try:
+                self.request(
+                    "GET",
+                    "/v2/",
+                    scopes=(),
+                    what="contacting the registry",
+                    retry=False,
+                )
+            except ConnectionRefusedError:
+                # Before anything was pushed, a refusal means a wrong address, not a hiccup.
+                raise RegistryError(
+                    f"nothing answers at {self.address.endpoint} (connection refused); check the registry "
+                    "address and that the registry is running"
+                ) from None
+
         try:
-            self.request("GET", "/v2/", scopes=(), what="contacting the registry")
+            self.retrying("contacting the registry", attempt)
         except NotFoundError:
             raise RegistryError(
                 f"{self.address.endpoint} does not look like an OCI registry (GET /v2/ is 404)"
