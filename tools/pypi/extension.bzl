@@ -93,15 +93,18 @@ def requirement(name):
         if rctx.attr.error:
             package.append("alias(name = %r, actual = \"//:lock_error\")" % name)
         else:
-            branches = {}
-            for platform_and_repos in rctx.attr.closures[name]:
-                platform, repos = platform_and_repos.split("=", 1)
-                branches["//:" + platform] = ["@%s//:pkg" % repo for repo in repos.split(",")]
-            package.append("py_library(name = %r, deps = select(%r, no_match_error = %r))" % (
-                name,
-                branches,
-                "%s has no wheel for this platform; requirements.lock has %s." % (name, ", ".join(sorted(PLATFORM_CONSTRAINTS))),
-            ))
+            closure = {}
+            own = {}
+            for entry in rctx.attr.closures[name]:
+                platform, own_repo, repos = entry.split("=")
+                closure["//:" + platform] = ["@%s//:pkg" % repo for repo in repos.split(",")]
+                own["//:" + platform] = "@%s//:pkg" % own_repo
+            no_match = "%s has no wheel for this platform; requirements.lock has %s." % (name, ", ".join(sorted(PLATFORM_CONSTRAINTS)))
+            package.append("# The package with its dependency closure.")
+            package.append("py_library(name = %r, deps = select(%r, no_match_error = %r))" % (name, closure, no_match))
+            package.append("")
+            package.append("# The package's own wheel alone, e.g. to give a large wheel a layer of its own.")
+            package.append("alias(name = \"pkg\", actual = select(%r, no_match_error = %r))" % (own, no_match))
         rctx.file(name + "/BUILD.bazel", "\n".join(package) + "\n")
 
     # The lock tool needs uv even when the lock is broken: that is when it is run.
@@ -120,7 +123,7 @@ def requirement(name):
 hub_repo = repository_rule(
     implementation = _hub_repo_impl,
     attrs = {
-        "closures": attr.string_list_dict(doc = "package -> [\"<platform>=<repo>,<repo>...\"]"),
+        "closures": attr.string_list_dict(doc = "package -> [\"<platform>=<own repo>=<closure repo>,<repo>...\"]"),
         "uv_repos": attr.string_dict(doc = "platform -> repo of the uv wheel"),
         "error": attr.string(doc = "why the lock can not be used; every package target fails with it"),
     },
@@ -215,9 +218,11 @@ def _create_repos(mctx, tag):
                     ", ".join(missing),
                 ))
                 continue
-            closures.setdefault(name, []).append(
-                "%s=%s" % (platform, ",".join([repo_of[(platform, m)] for m in members])),
-            )
+            closures.setdefault(name, []).append("%s=%s=%s" % (
+                platform,
+                repo_of[(platform, name)],
+                ",".join([repo_of[(platform, m)] for m in members]),
+            ))
 
     if errors:
         # Every package still gets a target, one that fails with the reason when used.
