@@ -20,7 +20,8 @@ from tests.pipeline.fake_openai import API_KEY, FakeOpenAIServer
 
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+# Not resolved: under Bazel the handlers must come from the runfiles tree, not the symlinks' targets.
+REPO_ROOT = Path(os.path.abspath(__file__)).parents[2]
 REGION = "us-east-1"
 _names = itertools.count(1)
 
@@ -129,6 +130,10 @@ def fake_openai(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAIServer]:
 def load_handler(name: str) -> ModuleType:
     """Imports handlers/<name>/handler.py afresh, as a Lambda cold start does, with today's environment."""
     path = REPO_ROOT / "handlers" / name / "handler.py"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: add //handlers/{name}:handler to the test's deps"
+        )
     module_name = f"lambda_handler_{name}_{next(_names)}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     assert spec and spec.loader, f"cannot load {path}"
