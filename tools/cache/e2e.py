@@ -226,12 +226,12 @@ class Services:
                 stderr=subprocess.STDOUT,
                 env=bazel_environment(),
             )
-        deadline = time.monotonic() + 120
+        # `tools/bazel run` waits while another command uses this checkout's Bazel server.
+        deadline = time.monotonic() + 600
         while not port_file.exists():
             if self._moto.poll() is not None or time.monotonic() > deadline:
-                raise CheckFailed(
-                    f"moto's S3 did not start; see {self.workdir / 'moto.log'}"
-                )
+                log = (self.workdir / "moto.log").read_text(errors="replace")
+                raise CheckFailed(f"moto's S3 did not start:\n{log[-3000:]}")
             time.sleep(0.2)
         self.endpoint_url = f"http://127.0.0.1:{int(port_file.read_text())}"
         say(f"moto S3 at {self.endpoint_url}, bucket {BUCKET}")
@@ -250,7 +250,7 @@ class Services:
             server_command=tuple(self._bazel_run("//tools/cache:server")),
         )
         with contextlib.chdir(REPO):  # `tools/bazel run` needs to run in the workspace
-            url = ensure_server.ensure_server(config, timeout=300)
+            url = ensure_server.ensure_server(config, timeout=600)
         self._caches[name] = config
         say(f"cache server {name} at {url} (disk tier {config.server_dir()})")
         return url
