@@ -63,15 +63,15 @@ config file (TOML; keys: {", ".join(CONFIG_KEYS)}):
   create_repositories = true
 
 output:
-  A table of image -> repository@digest with bytes uploaded, skipped (already present)
-  and mounted (from another repository), and a JSON file for IaC tools:
+  A table of image -> repository@digest with bytes uploaded, already present (skipped)
+  and mounted (from another repository of the registry), and a JSON file for IaC tools:
   {{"images": {{"<image>": {{"reference": "<registry>/<repo>@sha256:...", "digest": ...,
   "repository": ..., "registry": ..., "tags": [...], "platform": ...}}}}}}
   Exit status: 0 all pushed, 1 a push failed, 2 bad usage or configuration.
 
 examples:
   bazel run //:push -- --registry 123456789012.dkr.ecr.eu-west-1.amazonaws.com --create-repositories
-  bazel run //handlers/embed:push -- --dry-run
+  bazel run //handlers/submit_to_openai:push -- --dry-run
   {ENV_REGISTRY}=registry.example.com bazel run //:push -- --tag v1.2.0 --latest
 """
 
@@ -114,6 +114,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     images.add_argument(
         "--targets",
         type=Path,
+        metavar="FILE",
         help="JSON list of {name, layout, repository, tags} written by oci_push",
     )
     images.add_argument(
@@ -141,6 +142,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     where.add_argument(
         "--repository-prefix",
+        metavar="PREFIX",
         help=f"prepended to each image's default repository (env {ENV_REPOSITORY_PREFIX})",
     )
     where.add_argument(
@@ -157,6 +159,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     where.add_argument(
         "--config",
         type=Path,
+        metavar="FILE",
         help="TOML config file (the target passes the checked-in tools/push/push.toml)",
     )
     ecr_group = parser.add_argument_group("Amazon ECR")
@@ -187,13 +190,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="show what would be uploaded; upload nothing",
     )
     behaviour.add_argument(
-        "--jobs", type=int, help="images and blobs transferred at once (default 4)"
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="images and blobs transferred at once (default 4)",
     )
     behaviour.add_argument(
         "--retries",
         type=int,
         default=5,
-        help="retries of a failed request (5xx, 429, dropped connection)",
+        metavar="N",
+        help="retries of a failed request (5xx, 429, dropped connection), with backoff (default 5)",
     )
     behaviour.add_argument(
         "--chunk-size",
@@ -206,6 +213,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     behaviour.add_argument(
         "--output-json",
         type=Path,
+        metavar="FILE",
         help="where to write the image -> reference map (the target passes bazel-bin/<package>/<name>-references.json)",
     )
     behaviour.add_argument(
@@ -217,11 +225,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     local.add_argument(
         "--local-registry-dir",
         type=Path,
+        metavar="DIR",
         help="its storage (default: oci-push-local-registry next to the Bazel output bases)",
     )
     local.add_argument(
         "--local-registry-port",
         type=int,
+        metavar="PORT",
         default=DEFAULT_LOCAL_PORT,
         help=f"its port (default {DEFAULT_LOCAL_PORT})",
     )
@@ -529,7 +539,7 @@ def print_table(
         "IMAGE",
         "REFERENCE",
         "WOULD UPLOAD" if dry_run else "UPLOADED",
-        "SKIPPED",
+        "PRESENT",
         "MOUNTED",
         "TIME",
         "TAGS",
