@@ -191,9 +191,10 @@ def parse_action_result(data: bytes):
     probe = ActionResult()
     probe.CopyFrom(result)
     probe.ClearField("execution_metadata")
-    size_with_unknown = probe.ByteSize()
+    size_with_unknown = len(probe.SerializeToString())
     probe.DiscardUnknownFields()
-    if probe.ByteSize() != size_with_unknown:
+    # Serialized lengths, not ByteSize(): the pure-Python protobuf caches ByteSize() stale here.
+    if len(probe.SerializeToString()) != size_with_unknown:
         raise BadRequest("action-cache entry has fields an ActionResult does not have")
     for output in result.output_files:
         _check_output_path(output.path, allow_empty=False)
