@@ -7,7 +7,7 @@ SOURCE_DATE_EPOCH (default 0), uid/gid 0 without names, files 0644 (0755 when an
 execute bit was set in an input tar, or as given by --mode), directories 0755 (world-
 writable sticky directories such as /tmp keep 1777), every parent directory present,
 hard links pointing at the first path of their group. gzip is ISA-L's igzip (level 1 by
-default: about 35x the throughput of `gzip -6` for 12% more bytes; see bench/oci).
+default: about 25x the throughput of `gzip -6` for 12% more bytes; see bench/oci).
 """
 
 import argparse
