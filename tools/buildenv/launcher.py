@@ -84,6 +84,41 @@ def namespace_command() -> list[str]:
     return ["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private"]
 
 
+def output_base(output_user_root: Path, startup_args: list[str]) -> Path:
+    """Bazel's output base: --output_base if given, else the md5 of the workspace path."""
+    for index, arg in enumerate(startup_args):
+        if arg.startswith("--output_base="):
+            return Path(arg.split("=", 1)[1])
+        if arg == "--output_base" and index + 1 < len(startup_args):
+            return Path(startup_args[index + 1])
+        if not arg.startswith("-"):
+            break  # the command: startup options end here
+    return output_user_root / hashlib.md5(str(WORKSPACE).encode()).hexdigest()
+
+
+def running_server(base: Path, root: Path) -> int | None:
+    """The pid of this workspace's Bazel server if it runs in `root`.
+
+    A client must run in the server's mount namespace: it checks the server's working directory
+    through /proc, and from another namespace that path does not match the workspace, so Bazel
+    would restart its server (and lose its analysis cache) on every command.
+    """
+    try:
+        pid = int((base / "server" / "server.pid.txt").read_text())
+        return pid if os.readlink(f"/proc/{pid}/root") == str(root) else None
+    except (OSError, ValueError):
+        return None
+
+
+def enter_command(pid: int) -> list[str]:
+    """nsenter arguments that join the mount (and user) namespace of process `pid`."""
+    if shutil.which("nsenter") is None:
+        raise LauncherError("the `nsenter` command is missing; install util-linux")
+    if os.geteuid() == 0:
+        return ["nsenter", f"--target={pid}", "--mount"]
+    return ["nsenter", f"--target={pid}", "--user", "--mount", "--preserve-credentials"]
+
+
 def ensure_mmdebstrap() -> str:
     found = shutil.which("mmdebstrap")
     if found:
@@ -211,7 +246,7 @@ def bazel_rc(cache: Path) -> Path:
 
 
 def chroot_script(root: Path, binds: list[Path], workdir: Path) -> str:
-    """Shell commands run in the new mount namespace: bind mounts, then chroot into Bazel."""
+    """Shell commands for a new mount namespace: bind mounts, then chroot into Bazel."""
     quoted_root = shlex.quote(str(root))
     lines = ["set -e"]
     for source in ("/proc", "/dev", "/sys"):
@@ -223,8 +258,12 @@ def chroot_script(root: Path, binds: list[Path], workdir: Path) -> str:
         if os.path.exists(path):
             target = shlex.quote(str(root) + path)
             lines.append(f"touch {target} && mount --bind {path} {target}")
-    lines.append(f'exec chroot {quoted_root} sh -c \'cd "$0" && exec bazel "$@"\' {shlex.quote(str(workdir))} "$@"')
+    lines.append(chroot_command(root, workdir))
     return "\n".join(lines)
+
+
+def chroot_command(root: Path, workdir: Path) -> str:
+    return f'exec chroot {shlex.quote(str(root))} sh -c \'cd "$0" && exec bazel "$@"\' {shlex.quote(str(workdir))} "$@"'
 
 
 def print_info(environment: Path) -> None:
@@ -246,22 +285,21 @@ def main(argv: list[str]) -> int:
         cache = cache_root()
         home = Path(os.path.expanduser("~"))
         workdir = Path.cwd()
-        binds = sorted({Path("/tmp"), home, WORKSPACE, cache})
-        startup = [f"--output_user_root={cache / 'bazel' / environment.name}", f"--bazelrc={bazel_rc(cache)}"]
+        root = environment / "root"
+        output_user_root = cache / "bazel" / environment.name
+        startup = [f"--output_user_root={output_user_root}", f"--bazelrc={bazel_rc(cache)}"]
         user_rc = home / ".bazelrc"
         if user_rc.exists():
             startup.append(f"--bazelrc={user_rc}")
         env = {k: v for k, v in os.environ.items() if k not in DROPPED_VARIABLES and not k.startswith("PYENV")}
         env["PATH"] = CHROOT_PATH
-        command = [
-            *namespace_command(),
-            "sh",
-            "-c",
-            chroot_script(environment / "root", binds, workdir),
-            "tools/bazel",
-            *startup,
-            *argv,
-        ]
+        server = running_server(output_base(output_user_root, argv), root)
+        if server:
+            namespace, script = enter_command(server), chroot_command(root, workdir)
+        else:
+            binds = sorted({Path("/tmp"), home, WORKSPACE, cache})
+            namespace, script = namespace_command(), chroot_script(root, binds, workdir)
+        command = [*namespace, "sh", "-c", script, "tools/bazel", *startup, *argv]
         os.execvpe(command[0], command, env)
     except LauncherError as error:
         print(f"tools/bazel: {error}", file=sys.stderr)

@@ -99,3 +99,19 @@ def test_host_bazel_variable_bypasses_the_environment(tmp_path):
         [entry, "version"], env={**os.environ, launcher.HOST_BAZEL_VARIABLE: str(fake)}, capture_output=True, text=True
     )
     assert result.stdout.strip() == "host-bazel version"
+
+
+def test_output_base_follows_bazel_rules(tmp_path):
+    assert launcher.output_base(tmp_path, ["--output_base=/x", "build"]) == Path("/x")
+    assert launcher.output_base(tmp_path, ["build", "--output_base=/x"]).parent == tmp_path, "a command option"
+    digest = launcher.output_base(tmp_path, ["build"]).name
+    assert len(digest) == 32 and launcher.output_base(tmp_path, []).name == digest
+
+
+def test_running_server_is_joined_only_in_the_same_root(tmp_path):
+    base = tmp_path / "output_base"
+    (base / "server").mkdir(parents=True)
+    assert launcher.running_server(base, Path("/")) is None, "no server yet"
+    (base / "server" / "server.pid.txt").write_text(str(os.getpid()))
+    assert launcher.running_server(base, Path(os.readlink("/proc/self/root"))) == os.getpid()
+    assert launcher.running_server(base, tmp_path / "another-root") is None
