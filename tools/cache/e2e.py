@@ -155,9 +155,12 @@ def output_digests(
     workspace: Path, flags: list[str], targets: list[str]
 ) -> dict[str, str]:
     """sha256 of every file the targets output (recursing into output directories)."""
+    # `bazel build PATTERN` skips targets tagged manual; cquery would list their outputs too.
+    union = " + ".join(targets)
+    expression = f"({union}) except attr(tags, '\\bmanual\\b', {union})"
     run = run_bazel(
         workspace,
-        ["cquery", *flags, "--output=files", *targets],
+        ["cquery", *flags, "--output=files", expression],
         workspace.parent / f"{workspace.name}-cquery.log",
     )
     if run.exit_code != 0:
@@ -166,6 +169,8 @@ def output_digests(
     digests = {}
     for relative in paths:
         path = workspace / relative
+        if not path.exists():
+            raise CheckFailed(f"{relative} was built but is not in {workspace}")
         files = (
             sorted(p for p in path.rglob("*") if p.is_file())
             if path.is_dir()

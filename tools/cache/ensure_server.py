@@ -182,6 +182,9 @@ def _start(config: CacheConfig, directory: Path, timeout: float) -> str:
         "--port=0",
         f"--port-file={port_file}",
     ]
+    # The flags above say everything; without the settings in its environment, a server command
+    # that goes through tools/bazel does not try to start a cache server of its own.
+    env = {k: v for k, v in os.environ.items() if k not in SETTINGS}
     with open(log_path, "ab") as log:
         try:
             process = subprocess.Popen(
@@ -189,6 +192,7 @@ def _start(config: CacheConfig, directory: Path, timeout: float) -> str:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env=env,
                 start_new_session=True,  # outlives the launcher; Ctrl-C in the build spares it
             )
         except OSError as error:
