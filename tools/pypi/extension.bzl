@@ -64,7 +64,17 @@ wheel_repo = repository_rule(
     doc = "One wheel, downloaded by URL and sha256 and installed under site-packages/.",
 )
 
+_LOCK_ERROR_BZL = """\
+def _lock_error_impl(ctx):
+    fail(ctx.attr.message)
+
+# A target that fails analysis with a message: how an unusable lock is reported, lazily, so
+# targets that do not use @pypi (the lock tool among them) keep working.
+lock_error = rule(implementation = _lock_error_impl, attrs = {"message": attr.string()})
+"""
+
 def _hub_repo_impl(rctx):
+    rctx.file("lock_error.bzl", _LOCK_ERROR_BZL)
     rctx.file("requirements.bzl", """\
 def requirement(name):
     \"\"\"The label of a locked Python package, e.g. requirement("chromadb").\"\"\"
@@ -72,7 +82,7 @@ def requirement(name):
 """.format(hub = rctx.attr.name.split("~")[-1]))
 
     lines = [
-        'load("@//tools/pypi:lock_error.bzl", "lock_error")',
+        'load(":lock_error.bzl", "lock_error")',
         "",
         'package(default_visibility = ["//visibility:public"])',
         "",
