@@ -8,12 +8,14 @@ server), against moto's S3 on loopback:
     populate   through an empty cache server: every action runs and is uploaded to S3
     warm-s3    through a new cache server with an empty disk tier: outputs come from S3
     warm-disk  through that server again: outputs come from its disk tier
-It prints wall time, Bazel's spawn summary and the bytes each scenario moved.
+It prints wall time (launcher, Bazel server start and build), Bazel's own elapsed time and
+critical path, its spawn summary and the bytes each scenario moved.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 import tempfile
@@ -40,9 +42,12 @@ def build(workdir: Path, name: str, url: str | None, targets: list[str]) -> dict
         after = e2e.wait_for_uploads(url)["totals"] if url else before
     finally:
         e2e.expunge(workspace)
+    timing = re.search(r"Elapsed time: ([\d.]+)s, Critical Path: ([\d.]+)s", run.output)
     return {
         "scenario": name,
         "seconds": run.seconds,
+        "bazel_elapsed": float(timing.group(1)) if timing else float("nan"),
+        "critical_path": float(timing.group(2)) if timing else float("nan"),
         "executed": run.executed,
         "cache_hits": run.processes.get("remote cache hit", 0),
         **{counter: after[counter] - before[counter] for counter in COUNTERS},
@@ -84,13 +89,15 @@ def main(argv: list[str] | None = None) -> int:
         f"\nS3 remote cache benchmark: bazel build {' '.join(args.targets)}, fresh output bases"
     )
     header = (
-        f"{'scenario':<10} {'wall s':>7} {'executed':>8} {'cache hits':>10} "
+        f"{'scenario':<10} {'wall s':>7} {'bazel s':>7} {'crit. s':>7} {'executed':>8} "
+        f"{'cache hits':>10} "
         f"{'to Bazel MiB':>12} {'from Bazel MiB':>14} {'S3 down MiB':>11} {'S3 up MiB':>9}"
     )
     print(header)
     for row in rows:
         print(
-            f"{row['scenario']:<10} {row['seconds']:>7.1f} {row['executed']:>8} "
+            f"{row['scenario']:<10} {row['seconds']:>7.1f} {row['bazel_elapsed']:>7.1f} "
+            f"{row['critical_path']:>7.1f} {row['executed']:>8} "
             f"{row['cache_hits']:>10} {mib(row['bytes_out']):>12} {mib(row['bytes_in']):>14} "
             f"{mib(row['s3_bytes_down']):>11} {mib(row['s3_bytes_up']):>9}"
         )

@@ -784,6 +784,8 @@ class BlobCache:
                     f"body has sha256 {hasher.hexdigest()}, not its key {digest}: not stored"
                 )
             if kind == "ac":
+                if size > MAX_ACTION_RESULT_BYTES:
+                    raise BadRequest("an action-cache entry is at most 16 MiB")
                 with open(temp.name, "rb") as stored:
                     parse_action_result(stored.read())
             if self.uploader is not None:
