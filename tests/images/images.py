@@ -7,7 +7,6 @@ the image's manifest.json, config.json, digest, descriptor.json and OCI layout d
 from __future__ import annotations
 
 import functools
-import gzip
 import json
 import os
 import shutil
@@ -165,7 +164,7 @@ def isolation_prefix(root: Path, workdir: str, as_nonroot: bool = True) -> list[
 def command_in_root(root: Path, arch: str, argv: Sequence[str], workdir: str = "/") -> list[str]:
     """The command line running `argv` (absolute paths inside `root`), under qemu-user for arm64 on amd64."""
     command = isolation_prefix(root, workdir)
-    if arch != os.uname().machine and PLATFORM_MACHINES[arch] != os.uname().machine:
+    if PLATFORM_MACHINES[arch] != os.uname().machine:
         qemu = shutil.which(f"qemu-{PLATFORM_MACHINES[arch]}-static")
         assert qemu, f"qemu-{PLATFORM_MACHINES[arch]}-static is missing: apt-get install qemu-user-static"
         shutil.copy(qemu, root / "qemu-static")
@@ -186,11 +185,3 @@ def read_tar_text(blob: Path, name: str) -> str:
             assert content is not None, f"{name} is not a regular file"
             return content.decode()
     raise AssertionError(f"{name} is not in {blob}")
-
-
-def gunzip_size(blob: Path) -> int:
-    with gzip.open(blob) as stream:
-        size = 0
-        while chunk := stream.read(1 << 20):
-            size += len(chunk)
-    return size

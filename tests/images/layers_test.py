@@ -277,6 +277,8 @@ def test_the_leak_checks_find_what_is_planted(tmp_path):
         ("usr/lib/t.py", b"x", {"mtime": int(time.time())}),
         ("root/.aws/credentials", b"", {}),
     ]
+    if HOSTNAME_PATTERN:
+        cases.append(("etc/built-on", b"built on " + HOSTNAME.encode() + b"\n", {}))
     for name, content, header in cases:
         assert planted_facts(tmp_path, name, content, **header).problems, f"{name} {header} went unnoticed"
     assert planted_facts(tmp_path, "usr/lib/ok.py", b"AKIAIOSFODNN7EXAMPLE\n").problems == []
