@@ -13,6 +13,7 @@ Only the Python standard library is used: this runs on the host's python3 before
 exists.
 """
 
+import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -40,6 +41,8 @@ HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
 HOST_BAZEL_VARIABLE = "BUILDENV_HOST_BAZEL"
 # Host variables that would point the build environment at host-only files.
 DROPPED_VARIABLES = ("PATH", "LD_LIBRARY_PATH", "LD_PRELOAD", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
+# Set for tools/bazel commands that must not use the S3 remote cache (the one that starts it).
+NO_REMOTE_CACHE_VARIABLE = "BUILDENV_NO_REMOTE_CACHE"
 CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -229,13 +232,36 @@ def ensure_environment() -> Path:
     return environment
 
 
-def bazel_rc(cache: Path) -> Path:
+def remote_cache_lines() -> list[str]:
+    """rc lines for the S3 remote cache when a bucket is configured (tools/cache), else []."""
+    if os.environ.get(NO_REMOTE_CACHE_VARIABLE):
+        return []
+    sys.path.insert(0, str(WORKSPACE / "tools" / "cache"))
+    import ensure_server  # noqa: PLC0415 (only this path needs it)
+
+    config = ensure_server.load_config()
+    if config is None:
+        return []
+    if "BAZEL_CACHE_SERVER_COMMAND" not in os.environ:
+        # The server needs boto3 and protobuf, so Bazel builds it from the locked wheels; that
+        # inner tools/bazel must not look for a cache server itself (it would wait for this one).
+        os.environ[NO_REMOTE_CACHE_VARIABLE] = "1"
+        command = (sys.executable, str(WORKSPACE / "tools" / "bazel"), "run", "//tools/cache:server", "--")
+        config = dataclasses.replace(config, server_command=command)
+    try:
+        url = ensure_server.ensure_server(config, timeout=600)
+    except ensure_server.CacheServerError as error:
+        # A cache must never fail a build: say why and build without it.
+        progress(f"remote cache disabled: {error}")
+        return []
+    return ensure_server.bazelrc_lines(url)
+
+
+def bazel_rc(cache: Path, remote_cache: list[str]) -> Path:
     """The launcher's rc file: caches that persist across runs and build environments."""
-    lines = [
-        f"common --repository_cache={cache / 'repository-cache'}",
-        f"build --disk_cache={cache / 'disk-cache'}",
-    ]
-    rc = cache / "launcher.bazelrc"
+    lines = [f"common --repository_cache={cache / 'repository-cache'}"]
+    lines += remote_cache or [f"build --disk_cache={cache / 'disk-cache'}"]
+    rc = cache / ("launcher-remote.bazelrc" if remote_cache else "launcher.bazelrc")
     text = "\n".join(lines) + "\n"
     if not rc.exists() or rc.read_text() != text:
         rc.parent.mkdir(parents=True, exist_ok=True)
@@ -287,7 +313,8 @@ def main(argv: list[str]) -> int:
         workdir = Path.cwd()
         root = environment / "root"
         output_user_root = cache / "bazel" / environment.name
-        startup = [f"--output_user_root={output_user_root}", f"--bazelrc={bazel_rc(cache)}"]
+        rc = bazel_rc(cache, remote_cache_lines())
+        startup = [f"--output_user_root={output_user_root}", f"--bazelrc={rc}"]
         user_rc = home / ".bazelrc"
         if user_rc.exists():
             startup.append(f"--bazelrc={user_rc}")

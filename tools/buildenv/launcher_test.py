@@ -82,12 +82,25 @@ def test_chroot_script_mounts_paths_at_the_same_place(tmp_path):
 
 
 def test_bazel_rc_is_rewritten_only_when_it_changes(tmp_path):
-    rc = launcher.bazel_rc(tmp_path)
+    rc = launcher.bazel_rc(tmp_path, [])
     assert f"--repository_cache={tmp_path}/repository-cache" in rc.read_text()
+    assert f"--disk_cache={tmp_path}/disk-cache" in rc.read_text()
     stamp = rc.stat().st_mtime_ns
     os.utime(rc, ns=(stamp - 10**9, stamp - 10**9))
-    launcher.bazel_rc(tmp_path)
+    launcher.bazel_rc(tmp_path, [])
     assert rc.stat().st_mtime_ns == stamp - 10**9
+
+
+def test_remote_cache_replaces_the_disk_cache(tmp_path):
+    rc = launcher.bazel_rc(tmp_path, ["build --config=s3cache", "build --remote_cache=http://127.0.0.1:1"])
+    assert "--disk_cache" not in rc.read_text()
+    assert "build --remote_cache=http://127.0.0.1:1" in rc.read_text()
+
+
+def test_no_bucket_means_no_remote_cache(tmp_path, monkeypatch):
+    monkeypatch.delenv("BAZEL_CACHE_S3_BUCKET", raising=False)
+    monkeypatch.setenv("BAZEL_CACHE_CONFIG", str(tmp_path / "absent"))
+    assert launcher.remote_cache_lines() == []
 
 
 def test_host_bazel_variable_bypasses_the_environment(tmp_path):
