@@ -125,6 +125,11 @@ def main() -> int:
         rows.append(
             (f"cold build of the six images (fresh output base, {cache})", *timed_build(workspace, startup, flags))
         )
+        if args.empty_repository_cache:
+            downloaded = sum(
+                path.stat().st_size for path in (scratch / "repository_cache").rglob("*") if path.is_file()
+            )
+            print(f"the cold build downloaded {size_text(downloaded)} into the empty repository cache")
         rows.append(("no-op rebuild", *timed_build(workspace, startup, flags)))
         edited = workspace / EDITED
         original = edited.read_text()
