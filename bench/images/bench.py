@@ -46,33 +46,54 @@ HANDLERS = [
 ]
 IMAGES = [f"//handlers/{name}:image" for name in HANDLERS]
 EDITED = "handlers/list_pending_batches/handler.py"
-FRESH_FLAGS = ["--disk_cache=", "--remote_cache=", "--noremote_accept_cached", "--symlink_prefix=/"]
+FRESH_FLAGS = [
+    "--disk_cache=",
+    "--remote_cache=",
+    "--noremote_accept_cached",
+    "--symlink_prefix=/",
+]
 IMAGE_INFO = '"//tools/oci/private:providers.bzl%OciImageInfo"'
 
 
-def bazel(workspace: Path, startup: list[str], *args: str, capture: bool = False) -> subprocess.CompletedProcess:
+def bazel(
+    workspace: Path, startup: list[str], *args: str, capture: bool = False
+) -> subprocess.CompletedProcess:
     command = [str(workspace / "tools" / "bazel"), *startup, *args]
-    result = subprocess.run(command, cwd=workspace, capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        command, cwd=workspace, capture_output=True, text=True, check=False
+    )
     if result.returncode != 0:
-        sys.exit(f"`tools/bazel {' '.join(args[:3])} ...` failed ({result.returncode}):\n{result.stderr[-4000:]}")
+        sys.exit(
+            f"`tools/bazel {' '.join(args[:3])} ...` failed ({result.returncode}):\n{result.stderr[-4000:]}"
+        )
     return result
 
 
-def timed_build(workspace: Path, startup: list[str], flags: list[str]) -> tuple[float, str]:
+def timed_build(
+    workspace: Path, startup: list[str], flags: list[str]
+) -> tuple[float, str]:
     """Wall time of one build and Bazel's 'N processes: ...' summary line."""
     started = time.monotonic()
     result = bazel(workspace, startup, "build", *flags, *IMAGES)
     elapsed = time.monotonic() - started
     summary = next(
-        (line.removeprefix("INFO: ") for line in result.stderr.splitlines() if re.match(r"INFO: \d+ process", line)),
+        (
+            line.removeprefix("INFO: ")
+            for line in result.stderr.splitlines()
+            if re.match(r"INFO: \d+ process", line)
+        ),
         "?",
     )
     return elapsed, summary
 
 
-def image_layers(workspace: Path, startup: list[str], flags: list[str]) -> dict[str, list[Path]]:
+def image_layers(
+    workspace: Path, startup: list[str], flags: list[str]
+) -> dict[str, list[Path]]:
     """{handler: [layer blob paths, base first]} from the images' OciImageInfo."""
-    execroot = Path(bazel(workspace, startup, "info", *flags, "execution_root").stdout.strip())
+    execroot = Path(
+        bazel(workspace, startup, "info", *flags, "execution_root").stdout.strip()
+    )
     listing = bazel(
         workspace,
         startup,
@@ -103,10 +124,25 @@ def size_text(size: float) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bazel-flag", action="append", default=[], help="extra build flag, e.g. --config=amd64")
-    parser.add_argument("--empty-repository-cache", action="store_true", help="cold build downloads everything")
-    parser.add_argument("--compress-python", default=sys.executable, help="python3 with isal and zstandard")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--bazel-flag",
+        action="append",
+        default=[],
+        help="extra build flag, e.g. --config=amd64",
+    )
+    parser.add_argument(
+        "--empty-repository-cache",
+        action="store_true",
+        help="cold build downloads everything",
+    )
+    parser.add_argument(
+        "--compress-python",
+        default=sys.executable,
+        help="python3 with isal and zstandard",
+    )
     parser.add_argument("--tmpdir", default="/tmp")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
@@ -119,17 +155,30 @@ def main() -> int:
         flags.append(f"--repository_cache={scratch / 'repository_cache'}")
     try:
         copy_work_tree(workspace)
-        print(f"work tree copy {workspace}; {os.cpu_count()} CPUs; flags {' '.join(flags)}\n")
+        print(
+            f"work tree copy {workspace}; {os.cpu_count()} CPUs; flags {' '.join(flags)}\n"
+        )
         rows = []
-        cache = "empty repository cache" if args.empty_repository_cache else "wheels and .debs in the repository cache"
+        cache = (
+            "empty repository cache"
+            if args.empty_repository_cache
+            else "wheels and .debs in the repository cache"
+        )
         rows.append(
-            (f"cold build of the six images (fresh output base, {cache})", *timed_build(workspace, startup, flags))
+            (
+                f"cold build of the six images (fresh output base, {cache})",
+                *timed_build(workspace, startup, flags),
+            )
         )
         if args.empty_repository_cache:
             downloaded = sum(
-                path.stat().st_size for path in (scratch / "repository_cache").rglob("*") if path.is_file()
+                path.stat().st_size
+                for path in (scratch / "repository_cache").rglob("*")
+                if path.is_file()
             )
-            print(f"the cold build downloaded {size_text(downloaded)} into the empty repository cache")
+            print(
+                f"the cold build downloaded {size_text(downloaded)} into the empty repository cache"
+            )
         rows.append(("no-op rebuild", *timed_build(workspace, startup, flags)))
         edited = workspace / EDITED
         original = edited.read_text()
@@ -141,16 +190,28 @@ def main() -> int:
             )
         )
         edited.write_text(original)
-        rows.append(("rebuild after restoring the file", *timed_build(workspace, startup, flags)))
+        rows.append(
+            (
+                "rebuild after restoring the file",
+                *timed_build(workspace, startup, flags),
+            )
+        )
         print("| build | wall time | actions |\n| --- | ---: | --- |")
         for what, seconds, summary in rows:
             print(f"| {what} | {seconds:.1f} s | {summary} |")
 
         layers = image_layers(workspace, startup, flags)
         assert sorted(layers) == HANDLERS, sorted(layers)
-        names = ["Debian runtime", "site-packages: ml", "site-packages: chromadb", "site-packages: aws"]
+        names = [
+            "Debian runtime",
+            "site-packages: ml",
+            "site-packages: chromadb",
+            "site-packages: aws",
+        ]
         names += ["site-packages: rest", "first-party packages", "handler.py"]
-        print("\n| layer | compressed | uncompressed | ratio |\n| --- | ---: | ---: | ---: |")
+        print(
+            "\n| layer | compressed | uncompressed | ratio |\n| --- | ---: | ---: | ---: |"
+        )
         unique: dict[Path, int] = {}
         total = 0
         for index, blob in enumerate(layers[HANDLERS[0]]):
@@ -166,7 +227,9 @@ def main() -> int:
                 )
             else:
                 compressed, uncompressed = size_text(sizes[0]), size_text(raw[0])
-            print(f"| {what} | {compressed} | {uncompressed} | {sum(sizes) / sum(raw):.3f} |")
+            print(
+                f"| {what} | {compressed} | {uncompressed} | {sum(sizes) / sum(raw):.3f} |"
+            )
         for name in HANDLERS:
             for blob in layers[name]:
                 size = blob.stat().st_size
@@ -184,10 +247,18 @@ def main() -> int:
             while chunk := source.read(1 << 20):
                 target.write(decompressor.decompress(chunk))
             target.write(decompressor.flush())
-        print(f"\ncompressor throughput on the largest layer's tar ({size_text(tar.stat().st_size)}):")
-        probe = subprocess.run([args.compress_python, "-c", "import isal, zstandard"], capture_output=True, check=False)
+        print(
+            f"\ncompressor throughput on the largest layer's tar ({size_text(tar.stat().st_size)}):"
+        )
+        probe = subprocess.run(
+            [args.compress_python, "-c", "import isal, zstandard"],
+            capture_output=True,
+            check=False,
+        )
         if probe.returncode != 0:
-            print(f"  skipped: {args.compress_python} lacks isal or zstandard; give --compress-python")
+            print(
+                f"  skipped: {args.compress_python} lacks isal or zstandard; give --compress-python"
+            )
         else:
             subprocess.run(
                 [
@@ -206,7 +277,11 @@ def main() -> int:
             print(f"kept {scratch}")
         else:
             if (scratch / "output_base").exists():
-                subprocess.run([str(workspace / "tools" / "bazel"), *startup, "shutdown"], cwd=workspace, check=False)
+                subprocess.run(
+                    [str(workspace / "tools" / "bazel"), *startup, "shutdown"],
+                    cwd=workspace,
+                    check=False,
+                )
             remove_tree(scratch)
     return 0
 

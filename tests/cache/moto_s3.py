@@ -17,7 +17,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--port-file", required=True, help="written once S3 answers")
-    parser.add_argument("--bucket", action="append", default=[], help="bucket to create")
+    parser.add_argument(
+        "--bucket", action="append", default=[], help="bucket to create"
+    )
     args = parser.parse_args()
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)

@@ -34,14 +34,20 @@ def require_tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
         if os.environ.get("OCI_TEST_REQUIRE_TOOLS") == "1":
-            pytest.fail(f"{name} is not installed (tools/buildenv/packages.txt installs it)")
+            pytest.fail(
+                f"{name} is not installed (tools/buildenv/packages.txt installs it)"
+            )
         pytest.skip(f"{name} is not installed")
     return path
 
 
 def run(*command: str, **kwargs) -> str:
-    result = subprocess.run(command, capture_output=True, text=True, check=False, **kwargs)
-    assert result.returncode == 0, f"{command} failed ({result.returncode}):\n{result.stderr}"
+    result = subprocess.run(
+        command, capture_output=True, text=True, check=False, **kwargs
+    )
+    assert result.returncode == 0, (
+        f"{command} failed ({result.returncode}):\n{result.stderr}"
+    )
     return result.stdout
 
 
@@ -63,8 +69,12 @@ def test_lambda_configuration(arch, name):
     env = config["config"]["Env"]
     assert "LANG=C.UTF-8" in env
     assert "LAMBDA_TASK_ROOT=/var/task" in env
-    assert len({entry.split("=", 1)[0] for entry in env}) == len(env), f"a variable is set twice: {env}"
-    assert "User" not in config["config"], "Lambda picks the user; the image must run as any"
+    assert len({entry.split("=", 1)[0] for entry in env}) == len(env), (
+        f"a variable is set twice: {env}"
+    )
+    assert "User" not in config["config"], (
+        "Lambda picks the user; the image must run as any"
+    )
     assert (config["os"], config["architecture"]) == ("linux", arch)
     assert config["created"] == expected_created()
 
@@ -74,8 +84,15 @@ def test_one_history_entry_per_layer(arch, name):
     found = image(arch, name)
     history = found.config["history"]
     assert [entry for entry in history if entry.get("empty_layer")] == []
-    assert len(history) == len(found.layers) == len(found.config["rootfs"]["diff_ids"]) == len(CREATED_BY)
-    assert [entry["created_by"] for entry in history] == [text.format(arch=arch, name=name) for text in CREATED_BY]
+    assert (
+        len(history)
+        == len(found.layers)
+        == len(found.config["rootfs"]["diff_ids"])
+        == len(CREATED_BY)
+    )
+    assert [entry["created_by"] for entry in history] == [
+        text.format(arch=arch, name=name) for text in CREATED_BY
+    ]
     assert {entry["created"] for entry in history} == {found.config["created"]}
 
 
@@ -108,9 +125,15 @@ def test_the_lambda_targets_are_built_for_the_lambda_platform():
 def test_only_pure_python_layers_are_shared_across_architectures():
     for name in HANDLERS:
         arm64, amd64 = image("arm64", name), image("amd64", name)
-        assert arm64.layers[0] != amd64.layers[0], "the Debian runtime is per architecture"
-        assert arm64.layers[1] != amd64.layers[1], "numpy, onnxruntime and tokenizers are per architecture"
-        assert arm64.layers[-2] == amd64.layers[-2], "first-party packages are pure Python"
+        assert arm64.layers[0] != amd64.layers[0], (
+            "the Debian runtime is per architecture"
+        )
+        assert arm64.layers[1] != amd64.layers[1], (
+            "numpy, onnxruntime and tokenizers are per architecture"
+        )
+        assert arm64.layers[-2] == amd64.layers[-2], (
+            "first-party packages are pure Python"
+        )
         assert arm64.layers[-1] == amd64.layers[-1], "the handler layer is one .py file"
         assert arm64.digest != amd64.digest
 
@@ -131,7 +154,10 @@ def skopeo(tmp_path_factory):
 @pytest.mark.parametrize(("arch", "name"), ALL)
 def test_skopeo_reads_and_copies_the_layout(arch, name, skopeo, tmp_path):
     found = image(arch, name)
-    assert skopeo("inspect", "--raw", f"oci:{found.layout}").encode() == found.manifest_bytes
+    assert (
+        skopeo("inspect", "--raw", f"oci:{found.layout}").encode()
+        == found.manifest_bytes
+    )
     inspected = json.loads(skopeo("inspect", f"oci:{found.layout}"))
     assert inspected["Digest"] == found.digest
     assert inspected["Architecture"] == arch
@@ -139,7 +165,9 @@ def test_skopeo_reads_and_copies_the_layout(arch, name, skopeo, tmp_path):
     copy = tmp_path / "copy"
     skopeo("copy", "--quiet", f"oci:{found.layout}", f"dir:{copy}")
     assert (copy / "manifest.json").read_bytes() == found.manifest_bytes
-    for layer in found.layers:  # skopeo verified each digest while copying; the blobs must all be there
+    for layer in (
+        found.layers
+    ):  # skopeo verified each digest while copying; the blobs must all be there
         assert (copy / layer["digest"].split(":", 1)[1]).stat().st_size == layer["size"]
     shutil.rmtree(copy)
 
@@ -150,23 +178,40 @@ def test_skopeo_reads_and_copies_the_layout(arch, name, skopeo, tmp_path):
 @pytest.mark.parametrize(("arch", "name"), ALL)
 def test_umoci_reads_the_history(arch, name):
     found = image(arch, name)
-    stat = json.loads(run(require_tool("umoci"), "stat", "--json", "--image", f"{found.layout}:latest"))
-    assert [entry["layer"]["digest"] for entry in stat["history"]] == [layer["digest"] for layer in found.layers]
-    assert [entry["diff_id"] for entry in stat["history"]] == found.config["rootfs"]["diff_ids"]
+    stat = json.loads(
+        run(
+            require_tool("umoci"), "stat", "--json", "--image", f"{found.layout}:latest"
+        )
+    )
+    assert [entry["layer"]["digest"] for entry in stat["history"]] == [
+        layer["digest"] for layer in found.layers
+    ]
+    assert [entry["diff_id"] for entry in stat["history"]] == found.config["rootfs"][
+        "diff_ids"
+    ]
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_umoci_unpacks_a_runnable_bundle(arch, tmp_path):
     found = image(arch, "list_pending_batches")
     bundle = tmp_path / "bundle"
-    run(require_tool("umoci"), "unpack", "--rootless", "--image", f"{found.layout}:latest", str(bundle))
+    run(
+        require_tool("umoci"),
+        "unpack",
+        "--rootless",
+        "--image",
+        f"{found.layout}:latest",
+        str(bundle),
+    )
     rootfs = bundle / "rootfs"
     interpreter = rootfs / "usr/bin/python3.13"
     assert interpreter.is_file() and not interpreter.is_symlink()
     assert (rootfs / "var/task/handler.py").read_bytes() == Path(
         "handlers/list_pending_batches/handler.py"
     ).read_bytes()
-    assert (rootfs / "usr/local/lib/python3.13/dist-packages/awslambdaric/__main__.py").is_file()
+    assert (
+        rootfs / "usr/local/lib/python3.13/dist-packages/awslambdaric/__main__.py"
+    ).is_file()
     process = json.loads((bundle / "config.json").read_text())["process"]
     assert process["args"] == ENTRYPOINT + ["handler.handler"]
     assert process["cwd"] == "/var/task"
@@ -193,16 +238,22 @@ def registry(tmp_path_factory):
         "log:\n  level: error\n"
     )
     with open(directory / "registry.log", "w") as log:
-        process = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=log)
+        process = subprocess.Popen(
+            [binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=log
+        )
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).close()
+                urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/v2/", timeout=1
+                ).close()
                 break
             except OSError:
                 assert process.poll() is None, (directory / "registry.log").read_text()
-                assert time.monotonic() < deadline, "docker-registry did not answer within 30 s"
+                assert time.monotonic() < deadline, (
+                    "docker-registry did not answer within 30 s"
+                )
                 time.sleep(0.1)
         yield f"127.0.0.1:{port}"
     finally:
@@ -222,7 +273,9 @@ def test_crane_pushes_and_validates_the_layout(arch, name, registry):
     run(crane, "validate", "--insecure", *fast, "--remote", reference)
     assert run(crane, "digest", "--insecure", reference).strip() == found.digest
     assert json.loads(run(crane, "config", "--insecure", reference)) == found.config
-    assert run(crane, "manifest", "--insecure", reference).encode() == found.manifest_bytes
+    assert (
+        run(crane, "manifest", "--insecure", reference).encode() == found.manifest_bytes
+    )
 
 
 def test_crane_and_skopeo_accept_the_docker_load_tarball(skopeo):
@@ -234,4 +287,6 @@ def test_crane_and_skopeo_accept_the_docker_load_tarball(skopeo):
     assert inspected["Layers"] == lambda_image.config["rootfs"]["diff_ids"]
     assert inspected["Architecture"] == os.environ["LAMBDA_ARCHITECTURE"]
     docker_manifest = json.loads(read_tar_text(tarball, "manifest.json"))
-    assert docker_manifest[0]["RepoTags"] == ["receipt-lambdas/list_pending_batches:latest"]
+    assert docker_manifest[0]["RepoTags"] == [
+        "receipt-lambdas/list_pending_batches:latest"
+    ]

@@ -27,7 +27,9 @@ PLATFORM_MACHINES = {"amd64": "x86_64", "arm64": "aarch64"}
 NONROOT = 65532  # the image's nonroot user and group (base/, /etc/passwd)
 
 if "TEST_SRCDIR" not in os.environ:
-    pytest.skip("checks Bazel-built images: run it with bazel test", allow_module_level=True)
+    pytest.skip(
+        "checks Bazel-built images: run it with bazel test", allow_module_level=True
+    )
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,9 @@ class Image:
 
 def image(variant: str, name: str) -> Image:
     found = Image(variant, name)
-    assert (found.directory / "manifest.json").is_file(), f"{found.directory} is not in the test's data"
+    assert (found.directory / "manifest.json").is_file(), (
+        f"{found.directory} is not in the test's data"
+    )
     return found
 
 
@@ -123,7 +127,9 @@ def apply_layer(blob: Path, root: Path) -> None:
             name = info.name.lstrip("/").removeprefix("./")
             parent, _, base = name.rpartition("/")
             target_dir = root / parent
-            if base == ".wh..wh..opq":  # opaque directory: drop what lower layers put there
+            if (
+                base == ".wh..wh..opq"
+            ):  # opaque directory: drop what lower layers put there
                 for child in target_dir.iterdir() if target_dir.is_dir() else ():
                     _remove(child)
                 continue
@@ -141,7 +147,9 @@ def unpack(blobs: Sequence[Path], root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for blob in blobs:
         apply_layer(blob, root)
-    root.chmod(0o755)  # as a container's / is; a temporary directory's 0700 would lock out nonroot
+    root.chmod(
+        0o755
+    )  # as a container's / is; a temporary directory's 0700 would lock out nonroot
     return root
 
 
@@ -155,18 +163,26 @@ def isolation_prefix(root: Path, workdir: str, as_nonroot: bool = True) -> list[
         if as_nonroot:
             prefix += [f"--setgid={NONROOT}", f"--setuid={NONROOT}"]
         return prefix
-    probe = subprocess.run([unshare, "--map-root-user", "true"], capture_output=True, check=False)
+    probe = subprocess.run(
+        [unshare, "--map-root-user", "true"], capture_output=True, check=False
+    )
     if probe.returncode != 0:
-        pytest.skip("needs root or unprivileged user namespaces to enter the root file system")
+        pytest.skip(
+            "needs root or unprivileged user namespaces to enter the root file system"
+        )
     return [unshare, "--map-root-user", f"--root={root}", f"--wd={workdir}"]
 
 
-def command_in_root(root: Path, arch: str, argv: Sequence[str], workdir: str = "/") -> list[str]:
+def command_in_root(
+    root: Path, arch: str, argv: Sequence[str], workdir: str = "/"
+) -> list[str]:
     """The command line running `argv` (absolute paths inside `root`), under qemu-user for arm64 on amd64."""
     command = isolation_prefix(root, workdir)
     if PLATFORM_MACHINES[arch] != os.uname().machine:
         qemu = shutil.which(f"qemu-{PLATFORM_MACHINES[arch]}-static")
-        assert qemu, f"qemu-{PLATFORM_MACHINES[arch]}-static is missing: apt-get install qemu-user-static"
+        assert qemu, (
+            f"qemu-{PLATFORM_MACHINES[arch]}-static is missing: apt-get install qemu-user-static"
+        )
         shutil.copy(qemu, root / "qemu-static")
         command.append("/qemu-static")
     return command + list(argv)

@@ -17,21 +17,40 @@ from pathlib import Path
 
 import pytest
 
-from tests.images.images import HANDLERS, PLATFORM_MACHINES, elf_machine, gzip_header, image, images, members
+from tests.images.images import (
+    HANDLERS,
+    PLATFORM_MACHINES,
+    elf_machine,
+    gzip_header,
+    image,
+    images,
+    members,
+)
 
 ARCHITECTURES = ("arm64", "amd64")
 SITE_PACKAGES = "usr/local/lib/python3.13/dist-packages/"
 FIXED_EPOCH = int(os.environ.get("SOURCE_DATE_EPOCH") or 0)
-TEXT_LIMIT = 4 << 20  # text files larger than this are data, not something a build writes
-ALLOWED_PAX_KEYS = {"path", "linkpath"}  # long names only: no times, owners or charset of the host
+TEXT_LIMIT = (
+    4 << 20
+)  # text files larger than this are data, not something a build writes
+ALLOWED_PAX_KEYS = {
+    "path",
+    "linkpath",
+}  # long names only: no times, owners or charset of the host
 ALLOWED_TYPES = {tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE}
 # Credentials in the shapes that leak: AWS key ids and secrets, OpenAI keys, private keys.
 SECRET_PATTERNS = {
     "AWS access key id": re.compile(rb"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
-    "AWS secret access key": re.compile(rb"(?i)aws_secret_access_key\s*[=:]\s*[\"']?([A-Za-z0-9/+]{40})\b"),
+    "AWS secret access key": re.compile(
+        rb"(?i)aws_secret_access_key\s*[=:]\s*[\"']?([A-Za-z0-9/+]{40})\b"
+    ),
     "OpenAI API key": re.compile(rb"\bsk-[A-Za-z0-9_-]*T3BlbkFJ[A-Za-z0-9_-]*"),
-    "OpenAI key assignment": re.compile(rb"OPENAI_API_KEY\s*=\s*[\"']?sk-[A-Za-z0-9_-]{16,}"),
-    "private key": re.compile(rb"-----BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED )?PRIVATE KEY-----"),
+    "OpenAI key assignment": re.compile(
+        rb"OPENAI_API_KEY\s*=\s*[\"']?sk-[A-Za-z0-9_-]{16,}"
+    ),
+    "private key": re.compile(
+        rb"-----BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED )?PRIVATE KEY-----"
+    ),
 }
 # AWS's documented placeholder credentials, which boto3's and botocore's docs quote.
 EXAMPLE_CREDENTIAL = re.compile(rb"EXAMPLE")
@@ -50,7 +69,9 @@ def build_machine_strings() -> dict[str, bytes]:
     output user root), the work tree, and Bazel's directory names."""
     here = os.getcwd()
     output_base = re.split(r"/(?:sandbox|execroot)/", here)[0]
-    assert output_base != here, f"the test does not run inside a Bazel output base: {here}"
+    assert output_base != here, (
+        f"the test does not run inside a Bazel output base: {here}"
+    )
     needles = {
         "output base": output_base,
         "output user root": os.path.dirname(output_base),
@@ -70,7 +91,9 @@ LEAKS = build_machine_strings()
 # A host name only means something as a whole token; a very short one ("vm") is everywhere in data.
 HOSTNAME = socket.gethostname()
 HOSTNAME_PATTERN = (
-    re.compile(rb"(?<![A-Za-z0-9_.-])" + re.escape(HOSTNAME.encode()) + rb"(?![A-Za-z0-9_-])")
+    re.compile(
+        rb"(?<![A-Za-z0-9_.-])" + re.escape(HOSTNAME.encode()) + rb"(?![A-Za-z0-9_-])"
+    )
     if len(HOSTNAME) >= 6 and HOSTNAME != "localhost"
     else None
 )
@@ -81,11 +104,15 @@ class LayerFacts:
     """Everything the tests ask about one layer blob, gathered in one pass."""
 
     entries: dict[str, tarfile.TarInfo] = field(default_factory=dict)
-    contents: dict[str, bytes] = field(default_factory=dict)  # small files the tests read back
+    contents: dict[str, bytes] = field(
+        default_factory=dict
+    )  # small files the tests read back
     problems: list[str] = field(default_factory=list)
     elf: dict[str, str] = field(default_factory=dict)
     wheel_tags: dict[str, list[str]] = field(default_factory=dict)
-    pyc: list[tuple[str, int, int, int]] = field(default_factory=list)  # name, flags, mtime, source size
+    pyc: list[tuple[str, int, int, int]] = field(
+        default_factory=list
+    )  # name, flags, mtime, source size
     names_in_order: list[str] = field(default_factory=list)
 
 
@@ -93,7 +120,13 @@ def check_header(info: tarfile.TarInfo, facts: LayerFacts) -> None:
     name = info.name
     if info.type not in ALLOWED_TYPES:
         facts.problems.append(f"{name}: entry type {info.type!r}")
-    if (info.mtime, info.uid, info.gid, info.uname, info.gname) != (FIXED_EPOCH, 0, 0, "", ""):
+    if (info.mtime, info.uid, info.gid, info.uname, info.gname) != (
+        FIXED_EPOCH,
+        0,
+        0,
+        "",
+        "",
+    ):
         facts.problems.append(
             f"{name}: mtime {info.mtime} uid {info.uid} gid {info.gid} uname {info.uname!r} gname {info.gname!r}"
         )
@@ -114,7 +147,10 @@ def check_header(info: tarfile.TarInfo, facts: LayerFacts) -> None:
 
 
 def check_content(name: str, content: bytes, facts: LayerFacts) -> None:
-    for what, needle in LEAKS.items():  # binaries too: a .pyc keeps the path it was compiled from
+    for (
+        what,
+        needle,
+    ) in LEAKS.items():  # binaries too: a .pyc keeps the path it was compiled from
         if needle in content:
             facts.problems.append(f"{name}: names the {what} ({needle.decode()})")
     for secret in PROJECT_TEST_SECRETS:
@@ -124,24 +160,33 @@ def check_content(name: str, content: bytes, facts: LayerFacts) -> None:
     if machine:
         facts.elf[name] = machine
     if name.endswith(".pyc") and len(content) >= 16:
-        flags, mtime, size = (int.from_bytes(content[offset : offset + 4], "little") for offset in (4, 8, 12))
+        flags, mtime, size = (
+            int.from_bytes(content[offset : offset + 4], "little")
+            for offset in (4, 8, 12)
+        )
         facts.pyc.append((name, flags, mtime, size))
     if len(content) > TEXT_LIMIT or b"\0" in content[:8192]:
         return
     if HOSTNAME_PATTERN and HOSTNAME_PATTERN.search(content):
         facts.problems.append(f"{name}: names the build host {HOSTNAME}")
     searched = content
-    if name.endswith(".dist-info/RECORD"):  # only the path column: hashes are random base64
+    if name.endswith(
+        ".dist-info/RECORD"
+    ):  # only the path column: hashes are random base64
         searched = b"\n".join(line.split(b",", 1)[0] for line in content.splitlines())
     for what, pattern in SECRET_PATTERNS.items():
         for match in pattern.finditer(searched):
             if what == "private key" and name in EXAMPLE_KEY_FILES:
                 continue
             if not EXAMPLE_CREDENTIAL.search(match.group(0)):
-                facts.problems.append(f"{name}: looks like an {what}: {match.group(0)[:12]!r}...")
+                facts.problems.append(
+                    f"{name}: looks like an {what}: {match.group(0)[:12]!r}..."
+                )
     if name.endswith(".dist-info/WHEEL"):
         facts.wheel_tags[name] = [
-            line.split(":", 1)[1].strip() for line in content.decode().splitlines() if line.startswith("Tag:")
+            line.split(":", 1)[1].strip()
+            for line in content.decode().splitlines()
+            if line.startswith("Tag:")
         ]
 
 
@@ -155,14 +200,22 @@ def layer_facts(blob: Path) -> LayerFacts:
         if content is not None:
             check_content(info.name, content, facts)
             if info.name.startswith("var/task/") or info.name == "usr/bin/python3.13":
-                facts.contents[info.name] = content[:64] if info.name.startswith("usr/") else content
+                facts.contents[info.name] = (
+                    content[:64] if info.name.startswith("usr/") else content
+                )
     return facts
 
 
 def unique_layers(arch: str) -> dict[str, Path]:
     """Digest -> blob of every layer of the six images and the edited one (arm64)."""
-    variants = images(arch) + ([image("edited_arm64", "edited")] if arch == "arm64" else [])
-    return {layer["digest"]: found.blob(layer["digest"]) for found in variants for layer in found.layers}
+    variants = images(arch) + (
+        [image("edited_arm64", "edited")] if arch == "arm64" else []
+    )
+    return {
+        layer["digest"]: found.blob(layer["digest"])
+        for found in variants
+        for layer in found.layers
+    }
 
 
 def all_facts(arch: str) -> dict[str, LayerFacts]:
@@ -194,7 +247,9 @@ def test_every_binary_is_built_for_the_image_architecture(arch):
             if machine != arch:
                 wrong.append(f"{name}: {machine}")
     assert wrong == []
-    assert machines[arch] > 100, f"expected the runtime's and the wheels' shared objects, found {machines}"
+    assert machines[arch] > 100, (
+        f"expected the runtime's and the wheels' shared objects, found {machines}"
+    )
     numpy_core = [
         name
         for facts in all_facts(arch).values()
@@ -208,13 +263,33 @@ def test_every_binary_is_built_for_the_image_architecture(arch):
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_wheels_are_the_ones_for_the_image_architecture(arch):
-    tags = {name: found for facts in all_facts(arch).values() for name, found in facts.wheel_tags.items()}
-    platform_specific = {name: found for name, found in tags.items() if any(not t.endswith("-any") for t in found)}
+    tags = {
+        name: found
+        for facts in all_facts(arch).values()
+        for name, found in facts.wheel_tags.items()
+    }
+    platform_specific = {
+        name: found
+        for name, found in tags.items()
+        if any(not t.endswith("-any") for t in found)
+    }
     assert len(tags) > 50, "expected the dist-info of every installed wheel"
-    for distribution in ("numpy", "onnxruntime", "tokenizers", "grpcio", "chromadb", "awslambdaric"):
-        assert any(name.startswith(f"{SITE_PACKAGES}{distribution}-") for name in platform_specific), distribution
+    for distribution in (
+        "numpy",
+        "onnxruntime",
+        "tokenizers",
+        "grpcio",
+        "chromadb",
+        "awslambdaric",
+    ):
+        assert any(
+            name.startswith(f"{SITE_PACKAGES}{distribution}-")
+            for name in platform_specific
+        ), distribution
     for name, found in platform_specific.items():
-        assert all(tag.endswith(PLATFORM_MACHINES[arch]) for tag in found), f"{name}: {found}"
+        assert all(tag.endswith(PLATFORM_MACHINES[arch]) for tag in found), (
+            f"{name}: {found}"
+        )
 
 
 # Normalization and leaks
@@ -222,7 +297,9 @@ def test_wheels_are_the_ones_for_the_image_architecture(arch):
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_entries_are_normalized_and_nothing_of_the_build_machine_leaks(arch):
-    problems = [problem for facts in all_facts(arch).values() for problem in facts.problems]
+    problems = [
+        problem for facts in all_facts(arch).values() for problem in facts.problems
+    ]
     assert problems == []
 
 
@@ -230,7 +307,9 @@ def test_entries_are_normalized_and_nothing_of_the_build_machine_leaks(arch):
 def test_layers_are_sorted_tars_in_timestamp_free_gzip(arch):
     for digest, blob in unique_layers(arch).items():
         header = gzip_header(blob)
-        assert header == {"magic": 0x8B1F, "method": 8, "flags": 0, "mtime": 0}, f"{digest}: {header}"
+        assert header == {"magic": 0x8B1F, "method": 8, "flags": 0, "mtime": 0}, (
+            f"{digest}: {header}"
+        )
         names = layer_facts(blob).names_in_order
         assert names == sorted(names), digest
         assert len(names) == len(set(names)), f"{digest} has an entry twice"
@@ -240,7 +319,11 @@ def test_layers_are_sorted_tars_in_timestamp_free_gzip(arch):
 def test_compiled_python_is_never_stale(arch):
     """Timestamp .pyc files record their source's mtime and size: both must match the layer's
     (fixed) ones, or Python recompiles at every cold start on Lambda's read-only file system."""
-    entries = {name: info for facts in all_facts(arch).values() for name, info in facts.entries.items()}
+    entries = {
+        name: info
+        for facts in all_facts(arch).values()
+        for name, info in facts.entries.items()
+    }
     pycs = [pyc for facts in all_facts(arch).values() for pyc in facts.pyc]
     assert len(pycs) > 100, "the runtime ships the standard library compiled"
     for name, flags, mtime, size in pycs:
@@ -269,7 +352,11 @@ def test_the_leak_checks_find_what_is_planted(tmp_path):
     key = b"sk-proj-" + b"A" * 20 + b"T3BlbkFJ" + b"B" * 20
     cases = [
         ("usr/lib/x.py", b"PATH = '" + LEAKS["output base"] + b"/x'\n", {}),
-        ("usr/lib/x.pyc", b"\0\0\0\0" + LEAKS["bazel-out"] + b"k8-fastbuild/bin/x.py", {}),
+        (
+            "usr/lib/x.pyc",
+            b"\0\0\0\0" + LEAKS["bazel-out"] + b"k8-fastbuild/bin/x.py",
+            {},
+        ),
         ("usr/lib/y.py", b"key = '" + key + b"'\n", {}),
         ("usr/lib/z.py", b"aws_secret_access_key = " + b"Q" * 40 + b"\n", {}),
         ("usr/lib/w.py", b"AKIA" + b"Q" * 16 + b"\n", {}),
@@ -280,8 +367,13 @@ def test_the_leak_checks_find_what_is_planted(tmp_path):
     if HOSTNAME_PATTERN:
         cases.append(("etc/built-on", b"built on " + HOSTNAME.encode() + b"\n", {}))
     for name, content, header in cases:
-        assert planted_facts(tmp_path, name, content, **header).problems, f"{name} {header} went unnoticed"
-    assert planted_facts(tmp_path, "usr/lib/ok.py", b"AKIAIOSFODNN7EXAMPLE\n").problems == []
+        assert planted_facts(tmp_path, name, content, **header).problems, (
+            f"{name} {header} went unnoticed"
+        )
+    assert (
+        planted_facts(tmp_path, "usr/lib/ok.py", b"AKIAIOSFODNN7EXAMPLE\n").problems
+        == []
+    )
 
 
 # Sharing and incrementality
@@ -291,7 +383,9 @@ def test_the_leak_checks_find_what_is_planted(tmp_path):
 def test_the_six_images_share_every_layer_but_the_handler(arch):
     variants = images(arch)
     shared = [found.layers[:-1] for found in variants]
-    assert all(layers == shared[0] for layers in shared), "base and dependency layers differ between images"
+    assert all(layers == shared[0] for layers in shared), (
+        "base and dependency layers differ between images"
+    )
     assert len(shared[0]) == 6
     handler_layers = {found.layers[-1]["digest"] for found in variants}
     assert len(handler_layers) == 6, "each image has a handler layer of its own"
@@ -307,14 +401,22 @@ def test_the_handler_layer_is_exactly_the_handler_file(arch, name):
         "var/task/handler.py": tarfile.REGTYPE,
     }
     assert facts.entries["var/task/handler.py"].mode == 0o644
-    assert facts.contents["var/task/handler.py"] == Path(f"handlers/{name}/handler.py").read_bytes()
+    assert (
+        facts.contents["var/task/handler.py"]
+        == Path(f"handlers/{name}/handler.py").read_bytes()
+    )
 
 
 def test_editing_one_handler_changes_only_its_handler_layer_config_and_manifest():
     """//tests/images/edited: list_pending_batches' handler.py with one comment line added, built by
     the same lambda_image macro."""
-    original, edited = image("arm64", "list_pending_batches"), image("edited_arm64", "edited")
-    assert edited.layers[:-1] == original.layers[:-1], "a base or dependency layer was rebuilt differently"
+    original, edited = (
+        image("arm64", "list_pending_batches"),
+        image("edited_arm64", "edited"),
+    )
+    assert edited.layers[:-1] == original.layers[:-1], (
+        "a base or dependency layer was rebuilt differently"
+    )
     assert edited.layers[-1]["digest"] != original.layers[-1]["digest"]
     assert edited.manifest["config"]["digest"] != original.manifest["config"]["digest"]
     assert edited.digest != original.digest
@@ -322,10 +424,19 @@ def test_editing_one_handler_changes_only_its_handler_layer_config_and_manifest(
     config, edited_config = original.config, edited.config
     assert edited_config["rootfs"]["diff_ids"][:-1] == config["rootfs"]["diff_ids"][:-1]
     assert edited_config["history"][:-1] == config["history"][:-1]
-    assert {key: value for key, value in edited_config.items() if key not in ("rootfs", "history")} == {
+    assert {
+        key: value
+        for key, value in edited_config.items()
+        if key not in ("rootfs", "history")
+    } == {
         key: value for key, value in config.items() if key not in ("rootfs", "history")
     }
     source = Path("handlers/list_pending_batches/handler.py").read_bytes()
-    edited_source = layer_facts(edited.layer_blobs()[-1]).contents["var/task/handler.py"]
-    assert edited_source.startswith(source) and edited_source[len(source) :].count(b"\n") == 1
+    edited_source = layer_facts(edited.layer_blobs()[-1]).contents[
+        "var/task/handler.py"
+    ]
+    assert (
+        edited_source.startswith(source)
+        and edited_source[len(source) :].count(b"\n") == 1
+    )
     assert edited_source[len(source) :].startswith(b"# ")

@@ -16,9 +16,24 @@ from pathlib import Path
 
 import boto3
 import pytest
-from receipt_dynamo import BatchStatus, BatchSummary, BatchType, ReceiptDynamoClient, create_table
+from receipt_dynamo import (
+    BatchStatus,
+    BatchSummary,
+    BatchType,
+    ReceiptDynamoClient,
+    create_table,
+)
 
-from tests.images.images import HANDLERS, Image, apply_layer, command_in_root, image, image_env, images, unpack
+from tests.images.images import (
+    HANDLERS,
+    Image,
+    apply_layer,
+    command_in_root,
+    image,
+    image_env,
+    images,
+    unpack,
+)
 from tests.pipeline.fixtures import REGION
 
 DEPENDENCIES = "import chromadb, numpy, boto3, openai, awslambdaric"
@@ -35,9 +50,16 @@ HANDLER_ENV = {
 }
 
 
-def run_in(root: Path, found: Image, argv: list[str], env: dict[str, str], timeout: float = 300):
+def run_in(
+    root: Path, found: Image, argv: list[str], env: dict[str, str], timeout: float = 300
+):
     return subprocess.run(
-        command_in_root(root, found.config["architecture"], argv, workdir=found.config["config"]["WorkingDir"]),
+        command_in_root(
+            root,
+            found.config["architecture"],
+            argv,
+            workdir=found.config["config"]["WorkingDir"],
+        ),
         capture_output=True,
         text=True,
         check=False,
@@ -46,8 +68,20 @@ def run_in(root: Path, found: Image, argv: list[str], env: dict[str, str], timeo
     )
 
 
-def python(root: Path, found: Image, code: str, env: dict[str, str] | None = None, timeout: float = 300):
-    return run_in(root, found, [found.config["config"]["Entrypoint"][0], "-c", code], env or {}, timeout)
+def python(
+    root: Path,
+    found: Image,
+    code: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+):
+    return run_in(
+        root,
+        found,
+        [found.config["config"]["Entrypoint"][0], "-c", code],
+        env or {},
+        timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +89,9 @@ def amd64_root(tmp_path_factory) -> Path:
     """The layers all six amd64 images share, unpacked once; each test adds its image's handler layer."""
     variants = images("amd64")
     assert all(found.layers[:-1] == variants[0].layers[:-1] for found in variants)
-    return unpack(variants[0].layer_blobs()[:-1], tmp_path_factory.mktemp("amd64") / "rootfs")
+    return unpack(
+        variants[0].layer_blobs()[:-1], tmp_path_factory.mktemp("amd64") / "rootfs"
+    )
 
 
 def with_handler(root: Path, found: Image) -> Path:
@@ -82,9 +118,14 @@ def test_python_imports_the_dependencies(amd64_root):
 def test_a_failing_import_fails(amd64_root):
     """The checks here would be worthless if an error inside the image went unnoticed."""
     found = image("amd64", "list_pending_batches")
-    result = python(amd64_root, found, "import receipt_label, not_a_module_of_the_image")
+    result = python(
+        amd64_root, found, "import receipt_label, not_a_module_of_the_image"
+    )
     assert result.returncode != 0
-    assert "ModuleNotFoundError: No module named 'not_a_module_of_the_image'" in result.stderr
+    assert (
+        "ModuleNotFoundError: No module named 'not_a_module_of_the_image'"
+        in result.stderr
+    )
 
 
 @pytest.mark.parametrize("name", HANDLERS)
@@ -99,7 +140,10 @@ def test_each_handler_module_imports_in_its_image(amd64_root, name):
 def test_arm64_image_imports_under_qemu(tmp_path):
     found = image("arm64", "list_pending_batches")
     root = unpack(found.layer_blobs(), tmp_path / "rootfs")
-    code = DEPENDENCIES + ", handler, platform; print(platform.machine(), handler.__file__)"
+    code = (
+        DEPENDENCIES
+        + ", handler, platform; print(platform.machine(), handler.__file__)"
+    )
     result = python(root, found, code, HANDLER_ENV, timeout=600)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["aarch64", "/var/task/handler.py"]
@@ -116,7 +160,9 @@ class RuntimeApi:
 
     def __init__(self):
         self.events: queue.Queue[tuple[str, bytes]] = queue.Queue()
-        self.results: queue.Queue[tuple[str, str | None, dict[str, str], bytes]] = queue.Queue()
+        self.results: queue.Queue[tuple[str, str | None, dict[str, str], bytes]] = (
+            queue.Queue()
+        )
         self.stopping = threading.Event()
         self.request_ids: list[str] = []
         api = self
@@ -127,7 +173,9 @@ class RuntimeApi:
             def log_message(self, *args):
                 pass
 
-            def reply(self, status: int, body: bytes, headers: dict[str, str] | None = None):
+            def reply(
+                self, status: int, body: bytes, headers: dict[str, str] | None = None
+            ):
                 self.send_response(status)
                 for key, value in (headers or {}).items():
                     self.send_header(key, value)
@@ -181,10 +229,14 @@ class RuntimeApi:
                         "error",
                     )
                 ):
-                    api.results.put((parts[4], parts[3], self.lowercase_headers(), body))
+                    api.results.put(
+                        (parts[4], parts[3], self.lowercase_headers(), body)
+                    )
                     return self.reply(202, b'{"status": "OK"}')
                 if parts == ["2018-06-01", "runtime", "init", "error"]:
-                    api.results.put(("init/error", None, self.lowercase_headers(), body))
+                    api.results.put(
+                        ("init/error", None, self.lowercase_headers(), body)
+                    )
                     return self.reply(202, b'{"status": "OK"}')
                 return self.reply(404, b'{"errorType": "NotFound"}')
 
@@ -200,7 +252,9 @@ class RuntimeApi:
         self.request_ids.append(request_id)
         self.events.put((request_id, json.dumps(event).encode()))
         kind, posted_id, headers, body = self.results.get(timeout=timeout)
-        assert posted_id == request_id, f"the runtime answered {posted_id} to {request_id}"
+        assert posted_id == request_id, (
+            f"the runtime answered {posted_id} to {request_id}"
+        )
         return kind, headers, body
 
     def close(self):
@@ -216,13 +270,21 @@ def runtime_api():
     api.close()
 
 
-def start_function(root: Path, found: Image, runtime_api: RuntimeApi, env: dict[str, str], log: Path):
+def start_function(
+    root: Path, found: Image, runtime_api: RuntimeApi, env: dict[str, str], log: Path
+):
     """The image's entrypoint + cmd, as Lambda starts it: in WorkingDir, with the config's Env."""
     argv = found.config["config"]["Entrypoint"] + found.config["config"]["Cmd"]
-    command = command_in_root(root, found.config["architecture"], argv, found.config["config"]["WorkingDir"])
-    full_env = image_env(found.config, AWS_LAMBDA_RUNTIME_API=runtime_api.address, **env)
+    command = command_in_root(
+        root, found.config["architecture"], argv, found.config["config"]["WorkingDir"]
+    )
+    full_env = image_env(
+        found.config, AWS_LAMBDA_RUNTIME_API=runtime_api.address, **env
+    )
     with open(log, "w") as output:
-        return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=full_env)
+        return subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, env=full_env
+        )
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -231,7 +293,9 @@ def stop(process: subprocess.Popen) -> None:
     process.wait(timeout=30)
 
 
-def test_awslambdaric_serves_invocations_against_dynamodb(amd64_root, runtime_api, moto_endpoint, tmp_path):
+def test_awslambdaric_serves_invocations_against_dynamodb(
+    amd64_root, runtime_api, moto_endpoint, tmp_path
+):
     found = image("amd64", "list_pending_batches")
     dynamodb = boto3.client(
         "dynamodb",
@@ -246,12 +310,24 @@ def test_awslambdaric_serves_invocations_against_dynamodb(amd64_root, runtime_ap
         [
             BatchSummary("line-1", BatchType.LINE_EMBEDDING, "batch_l1", "t"),
             BatchSummary("line-2", BatchType.LINE_EMBEDDING, "batch_l2", "t"),
-            BatchSummary("done", BatchType.LINE_EMBEDDING, "batch_d", "t", status=BatchStatus.COMPLETED),
+            BatchSummary(
+                "done",
+                BatchType.LINE_EMBEDDING,
+                "batch_d",
+                "t",
+                status=BatchStatus.COMPLETED,
+            ),
         ]
     )
-    env = {**HANDLER_ENV, "DYNAMODB_TABLE_NAME": table, "AWS_ENDPOINT_URL": moto_endpoint}
+    env = {
+        **HANDLER_ENV,
+        "DYNAMODB_TABLE_NAME": table,
+        "AWS_ENDPOINT_URL": moto_endpoint,
+    }
     log = tmp_path / "function.log"
-    process = start_function(with_handler(amd64_root, found), found, runtime_api, env, log)
+    process = start_function(
+        with_handler(amd64_root, found), found, runtime_api, env, log
+    )
     try:
         kind, _, body = runtime_api.invoke({"batch_type": "LINE_EMBEDDING"})
         assert kind == "response", f"{body!r}\n{log.read_text()}"
@@ -274,7 +350,10 @@ def test_awslambdaric_serves_invocations_against_dynamodb(amd64_root, runtime_ap
         assert error["errorType"] == "ResourceNotFoundException", error
         assert error["stackTrace"], error
         # awslambdaric's client sends the X-Ray cause, not Lambda-Runtime-Function-Error-Type.
-        assert "ResourceNotFoundException" in headers["lambda-runtime-function-xray-error-cause"]
+        assert (
+            "ResourceNotFoundException"
+            in headers["lambda-runtime-function-xray-error-cause"]
+        )
 
         # The same instance goes on serving after a failed invocation.
         create_table(dynamodb, table)
@@ -284,16 +363,37 @@ def test_awslambdaric_serves_invocations_against_dynamodb(amd64_root, runtime_ap
     finally:
         stop(process)
     # The handler's JSON logs carry each invocation's request id, which Lambda hands the runtime.
-    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
-    entries = [(line["message"], line["request_id"]) for line in lines if line.get("logger") == "receipt_label.runtime"]
-    assert entries == list(zip(["handled", "rejected input", "handler failed", "handled"], runtime_api.request_ids))
+    lines = [
+        json.loads(line)
+        for line in log.read_text().splitlines()
+        if line.startswith("{")
+    ]
+    entries = [
+        (line["message"], line["request_id"])
+        for line in lines
+        if line.get("logger") == "receipt_label.runtime"
+    ]
+    assert entries == list(
+        zip(
+            ["handled", "rejected input", "handler failed", "handled"],
+            runtime_api.request_ids,
+        )
+    )
 
 
-def test_awslambdaric_reports_a_missing_setting_as_an_init_error(amd64_root, runtime_api, tmp_path):
+def test_awslambdaric_reports_a_missing_setting_as_an_init_error(
+    amd64_root, runtime_api, tmp_path
+):
     found = image("amd64", "list_pending_batches")
-    env = {name: value for name, value in HANDLER_ENV.items() if name != "DYNAMODB_TABLE_NAME"}
+    env = {
+        name: value
+        for name, value in HANDLER_ENV.items()
+        if name != "DYNAMODB_TABLE_NAME"
+    }
     log = tmp_path / "function.log"
-    process = start_function(with_handler(amd64_root, found), found, runtime_api, env, log)
+    process = start_function(
+        with_handler(amd64_root, found), found, runtime_api, env, log
+    )
     try:
         kind, posted_id, headers, body = runtime_api.results.get(timeout=120)
         assert (kind, posted_id) == ("init/error", None), body

@@ -21,7 +21,9 @@ def shared_objects(variable: str) -> list[str]:
     return [f for f in files if f.endswith(".so") and "/numpy/" in f]
 
 
-@pytest.mark.parametrize(("variable", "machine"), [("ARM64_FILES", "aarch64"), ("AMD64_FILES", "x86_64")])
+@pytest.mark.parametrize(
+    ("variable", "machine"), [("ARM64_FILES", "aarch64"), ("AMD64_FILES", "x86_64")]
+)
 def test_numpy_extensions_match_the_target_platform(variable, machine):
     objects = shared_objects(variable)
     assert len(objects) > 5, f"expected numpy's extension modules among {variable}"
@@ -34,5 +36,7 @@ def test_numpy_extensions_match_the_target_platform(variable, machine):
     ]
     assert dist_infos, "the numpy wheel's WHEEL metadata is missing"
     with open(dist_infos[0]) as wheel:
-        tags = [line.split(":", 1)[1].strip() for line in wheel if line.startswith("Tag:")]
+        tags = [
+            line.split(":", 1)[1].strip() for line in wheel if line.startswith("Tag:")
+        ]
     assert tags and all(tag.endswith("_" + machine) for tag in tags), tags

@@ -43,7 +43,9 @@ class BuildError(Exception):
     pass
 
 
-def bazel(workspace: Path, startup: list[str], *args: str, capture: bool = False) -> str:
+def bazel(
+    workspace: Path, startup: list[str], *args: str, capture: bool = False
+) -> str:
     command = [str(workspace / "tools" / "bazel"), *startup, *args]
     print(f"+ (cd {workspace} && tools/bazel {' '.join(command[1:])})", flush=True)
     result = subprocess.run(
@@ -56,16 +58,24 @@ def bazel(workspace: Path, startup: list[str], *args: str, capture: bool = False
     )
     if result.returncode != 0:
         details = f":\n{result.stderr[-3000:]}" if capture else ""
-        raise BuildError(f"`tools/bazel {' '.join(args[:2])} ...` failed with exit {result.returncode}{details}")
+        raise BuildError(
+            f"`tools/bazel {' '.join(args[:2])} ...` failed with exit {result.returncode}{details}"
+        )
     return result.stdout if capture else ""
 
 
-def image_outputs(workspace: Path, startup: list[str], flags: list[str]) -> dict[tuple[str, str], dict[str, Path]]:
+def image_outputs(
+    workspace: Path, startup: list[str], flags: list[str]
+) -> dict[tuple[str, str], dict[str, Path]]:
     """Builds the targets; returns {(handler, architecture): {"digest": path, "manifest.json": path, ...}}."""
     started = time.monotonic()
     bazel(workspace, startup, "build", *flags, *TARGETS)
     print(f"  built in {time.monotonic() - started:.0f} s")
-    execroot = Path(bazel(workspace, startup, "info", *flags, "execution_root", capture=True).strip())
+    execroot = Path(
+        bazel(
+            workspace, startup, "info", *flags, "execution_root", capture=True
+        ).strip()
+    )
     listing = bazel(
         workspace,
         startup,
@@ -81,10 +91,17 @@ def image_outputs(workspace: Path, startup: list[str], flags: list[str]) -> dict
         file = execroot / path
         if file.name != "digest":
             continue
-        files = {name: file.parent / name for name in ("digest", "manifest.json", "config.json")}
+        files = {
+            name: file.parent / name
+            for name in ("digest", "manifest.json", "config.json")
+        }
         architecture = json.loads(files["config.json"].read_text())["architecture"]
         # .../handlers/<name>/image_any_platform/digest or .../tests/images/amd64/<name>/digest
-        handler = file.parent.parent.name if file.parent.name == "image_any_platform" else file.parent.name
+        handler = (
+            file.parent.parent.name
+            if file.parent.name == "image_any_platform"
+            else file.parent.name
+        )
         images[(handler, architecture)] = files
     return images
 
@@ -120,12 +137,18 @@ def describe_difference(main: dict[str, Path], fresh: dict[str, Path]) -> list[s
     fresh_manifest = json.loads(fresh["manifest.json"].read_text())
     main_config = json.loads(main["config.json"].read_text())
     fresh_config = json.loads(fresh["config.json"].read_text())
-    for index, (first, second) in enumerate(zip(main_manifest["layers"], fresh_manifest["layers"], strict=False)):
+    for index, (first, second) in enumerate(
+        zip(main_manifest["layers"], fresh_manifest["layers"], strict=False)
+    ):
         if first["digest"] != second["digest"]:
             created_by = main_config["history"][index].get("created_by", "?")
-            lines.append(f"    layer {index} ({created_by}): {first['digest']} != {second['digest']}")
+            lines.append(
+                f"    layer {index} ({created_by}): {first['digest']} != {second['digest']}"
+            )
     if len(main_manifest["layers"]) != len(fresh_manifest["layers"]):
-        lines.append(f"    layer count {len(main_manifest['layers'])} != {len(fresh_manifest['layers'])}")
+        lines.append(
+            f"    layer count {len(main_manifest['layers'])} != {len(fresh_manifest['layers'])}"
+        )
     for key in sorted(set(main_config) | set(fresh_config)):
         if key != "rootfs" and main_config.get(key) != fresh_config.get(key):
             first, second = repr(main_config.get(key)), repr(fresh_config.get(key))
@@ -134,10 +157,20 @@ def describe_difference(main: dict[str, Path], fresh: dict[str, Path]) -> list[s
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--in-place", action="store_true", help="build in this work tree, only the output base fresh")
-    parser.add_argument("--keep", action="store_true", help="keep the copy and the fresh output base")
-    parser.add_argument("--tmpdir", default="/tmp", help="where the copy and the fresh output base go")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--in-place",
+        action="store_true",
+        help="build in this work tree, only the output base fresh",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the copy and the fresh output base"
+    )
+    parser.add_argument(
+        "--tmpdir", default="/tmp", help="where the copy and the fresh output base go"
+    )
     parser.add_argument(
         "--second-build-flag",
         action="append",
@@ -155,25 +188,47 @@ def main() -> int:
         main_images = image_outputs(REPO, [], [])
         if not args.in_place:
             copy_work_tree(workspace)
-        print(f"second build in {workspace}, output base {scratch / 'output_base'}, no disk or remote cache")
-        fresh_images = image_outputs(workspace, fresh_startup, FRESH_FLAGS + args.second_build_flag)
+        print(
+            f"second build in {workspace}, output base {scratch / 'output_base'}, no disk or remote cache"
+        )
+        fresh_images = image_outputs(
+            workspace, fresh_startup, FRESH_FLAGS + args.second_build_flag
+        )
 
         different = 0
         print(f"\n{'image':<24} {'arch':<6} {'main output base':<73} second build")
         for key in sorted(set(main_images) | set(fresh_images)):
-            main_digest = main_images[key]["digest"].read_text().strip() if key in main_images else "missing"
-            fresh_digest = fresh_images[key]["digest"].read_text().strip() if key in fresh_images else "missing"
+            main_digest = (
+                main_images[key]["digest"].read_text().strip()
+                if key in main_images
+                else "missing"
+            )
+            fresh_digest = (
+                fresh_images[key]["digest"].read_text().strip()
+                if key in fresh_images
+                else "missing"
+            )
             same = main_digest == fresh_digest != "missing"
-            print(f"{key[0]:<24} {key[1]:<6} {main_digest:<73} {'same' if same else fresh_digest}")
+            print(
+                f"{key[0]:<24} {key[1]:<6} {main_digest:<73} {'same' if same else fresh_digest}"
+            )
             if not same:
                 different += 1
                 if key in main_images and key in fresh_images:
-                    print("\n".join(describe_difference(main_images[key], fresh_images[key])))
+                    print(
+                        "\n".join(
+                            describe_difference(main_images[key], fresh_images[key])
+                        )
+                    )
         count = len(set(main_images) | set(fresh_images))
         if count != EXPECTED_IMAGES:
-            print(f"expected {EXPECTED_IMAGES} images (6 handlers x arm64, amd64), found {count}")
+            print(
+                f"expected {EXPECTED_IMAGES} images (6 handlers x arm64, amd64), found {count}"
+            )
             return 1
-        print(f"\nreproducibility: {count - different} of {count} image digests identical")
+        print(
+            f"\nreproducibility: {count - different} of {count} image digests identical"
+        )
         return 1 if different else 0
     except BuildError as error:
         print(f"reproducibility: {error}", file=sys.stderr)

@@ -40,7 +40,14 @@ HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
 # Set to a Bazel >= 7.1 binary to skip the build environment (needs the Bazel Central Registry).
 HOST_BAZEL_VARIABLE = "BUILDENV_HOST_BAZEL"
 # Host variables that would point the build environment at host-only files.
-DROPPED_VARIABLES = ("PATH", "LD_LIBRARY_PATH", "LD_PRELOAD", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
+DROPPED_VARIABLES = (
+    "PATH",
+    "LD_LIBRARY_PATH",
+    "LD_PRELOAD",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "VIRTUAL_ENV",
+)
 # Set for tools/bazel commands that must not use the S3 remote cache (the one that starts it).
 NO_REMOTE_CACHE_VARIABLE = "BUILDENV_NO_REMOTE_CACHE"
 CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -51,7 +58,9 @@ class LauncherError(Exception):
 
 
 def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".cache"
+    )
     return Path(base, "receipt-lambdas")
 
 
@@ -64,7 +73,10 @@ def recipe_hash() -> str:
 
 
 def recipe_packages() -> list[str]:
-    lines = (line.split("#", 1)[0].strip() for line in (HERE / "packages.txt").read_text().splitlines())
+    lines = (
+        line.split("#", 1)[0].strip()
+        for line in (HERE / "packages.txt").read_text().splitlines()
+    )
     return [line for line in lines if line]
 
 
@@ -78,13 +90,24 @@ def namespace_command() -> list[str]:
         raise LauncherError("the `unshare` command is missing; install util-linux")
     if os.geteuid() == 0:
         return ["unshare", "--mount", "--propagation", "private"]
-    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True)
+    probe = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "true"],
+        capture_output=True,
+        check=False,
+    )
     if probe.returncode != 0:
         raise LauncherError(
             "not root and unprivileged user namespaces are unavailable "
             "(enable them with `sysctl kernel.unprivileged_userns_clone=1`, or run as root)"
         )
-    return ["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private"]
+    return [
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "--mount",
+        "--propagation",
+        "private",
+    ]
 
 
 def output_base(output_user_root: Path, startup_args: list[str]) -> Path:
@@ -127,10 +150,21 @@ def ensure_mmdebstrap() -> str:
     if found:
         return found
     if os.geteuid() != 0:
-        raise LauncherError("the `mmdebstrap` command is missing; install it with `sudo apt-get install mmdebstrap`")
+        raise LauncherError(
+            "the `mmdebstrap` command is missing; install it with `sudo apt-get install mmdebstrap`"
+        )
     progress("installing mmdebstrap on the host (apt-get install mmdebstrap)")
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "mmdebstrap"]):
-        result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for command in (
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "mmdebstrap"],
+    ):
+        result = subprocess.run(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
         if result.returncode != 0:
             last = (result.stderr.strip().splitlines() or ["no output"])[-1]
             raise LauncherError(f"`{' '.join(command)}` failed: {last}")
@@ -140,11 +174,15 @@ def ensure_mmdebstrap() -> str:
 def check_mirror() -> None:
     url = f"{MIRROR}/dists/{SUITE}/Release"
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=20):
+        with urllib.request.urlopen(
+            urllib.request.Request(url, method="HEAD"), timeout=20
+        ):
             pass
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
-        raise LauncherError(f"the Debian mirror is unreachable: {url}: {reason}") from None
+        raise LauncherError(
+            f"the Debian mirror is unreachable: {url}: {reason}"
+        ) from None
 
 
 def check_disk(directory: Path) -> None:
@@ -167,7 +205,9 @@ def provision(environment: Path) -> None:
     check_disk(environment.parent)
     check_mirror()
     staging = environment.parent / f".staging-{environment.name}"
-    remove_tree(staging)  # left by an interrupted run; we hold the lock, so nobody else uses it
+    remove_tree(
+        staging
+    )  # left by an interrupted run; we hold the lock, so nobody else uses it
     staging.mkdir(parents=True)
     root = staging / "root"
     host_cas = " ".join(shlex.quote(str(p)) for p in sorted(HOST_CA_DIR.glob("*.crt")))
@@ -179,16 +219,18 @@ def provision(environment: Path) -> None:
         else "true",
         'chroot "$1" update-ca-certificates --fresh >/dev/null',
         "printf '%s\\n' 'try-import %workspace%/tools/buildenv/offline.bazelrc' > \"$1/etc/bazel.bazelrc\"",
-        "chroot \"$1\" dpkg-query -W -f '${Package}\\t${Version}\\t${Architecture}\\n' > \"$1/../manifest.tsv\"",
+        'chroot "$1" dpkg-query -W -f \'${Package}\\t${Version}\\t${Architecture}\\n\' > "$1/../manifest.tsv"',
     ]
     command = [
         mmdebstrap,
         "--variant=minbase",
         "--mode=" + ("root" if os.geteuid() == 0 else "unshare"),
-        "--aptopt=Acquire::Check-Valid-Until \"false\"",
-        "--aptopt=Acquire::Retries \"3\"",
-        f'--setup-hook=mkdir -p "$1/etc/apt/preferences.d" && cp {shlex.quote(str(HERE / "apt-preferences"))} '
-        '"$1/etc/apt/preferences.d/buildenv"',
+        '--aptopt=Acquire::Check-Valid-Until "false"',
+        '--aptopt=Acquire::Retries "3"',
+        (
+            f'--setup-hook=mkdir -p "$1/etc/apt/preferences.d" && cp {shlex.quote(str(HERE / "apt-preferences"))} '
+            '"$1/etc/apt/preferences.d/buildenv"'
+        ),
         "--include=" + ",".join(recipe_packages()),
         *(f"--customize-hook={hook}" for hook in customize),
         SUITE,
@@ -196,8 +238,12 @@ def provision(environment: Path) -> None:
         f"deb {MIRROR} {SUITE} main",
         f"deb {MIRROR} {EXTRA_SUITE} main",
     ]
-    progress(f"provisioning {environment} (Debian {SUITE} + Bazel from {EXTRA_SUITE}; takes about 1.5 minutes)")
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+    progress(
+        f"provisioning {environment} (Debian {SUITE} + Bazel from {EXTRA_SUITE}; takes about 1.5 minutes)"
+    )
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process:
         tail = []
         for line in process.stdout:
             line = line.rstrip()
@@ -208,8 +254,12 @@ def provision(environment: Path) -> None:
         remove_tree(staging)
         details = "\n".join(tail)
         if "No space left on device" in details:
-            raise LauncherError(f"disk full while provisioning under {environment.parent}")
-        raise LauncherError(f"provisioning failed (mmdebstrap exit {process.returncode}); its last output:\n{details}")
+            raise LauncherError(
+                f"disk full while provisioning under {environment.parent}"
+            )
+        raise LauncherError(
+            f"provisioning failed (mmdebstrap exit {process.returncode}); its last output:\n{details}"
+        )
     staging.rename(environment)
     progress(f"ready: {environment}")
 
@@ -227,7 +277,9 @@ def ensure_environment() -> Path:
                 provision(environment)
             except OSError as error:
                 if error.errno == errno.ENOSPC:
-                    raise LauncherError(f"disk full while provisioning under {environment.parent}") from None
+                    raise LauncherError(
+                        f"disk full while provisioning under {environment.parent}"
+                    ) from None
                 raise
     return environment
 
@@ -237,7 +289,7 @@ def remote_cache_lines() -> list[str]:
     if os.environ.get(NO_REMOTE_CACHE_VARIABLE):
         return []
     sys.path.insert(0, str(WORKSPACE / "tools" / "cache"))
-    import ensure_server  # noqa: PLC0415 (only this path needs it)
+    import ensure_server
 
     config = ensure_server.load_config()
     if config is None:
@@ -246,7 +298,13 @@ def remote_cache_lines() -> list[str]:
         # The server needs boto3 and protobuf, so Bazel builds it from the locked wheels; that
         # inner tools/bazel must not look for a cache server itself (it would wait for this one).
         os.environ[NO_REMOTE_CACHE_VARIABLE] = "1"
-        command = (sys.executable, str(WORKSPACE / "tools" / "bazel"), "run", "//tools/cache:server", "--")
+        command = (
+            sys.executable,
+            str(WORKSPACE / "tools" / "bazel"),
+            "run",
+            "//tools/cache:server",
+            "--",
+        )
         config = dataclasses.replace(config, server_command=command)
     try:
         url = ensure_server.ensure_server(config, timeout=600)
@@ -279,7 +337,9 @@ def chroot_script(root: Path, binds: list[Path], workdir: Path) -> str:
         lines.append(f"mount --rbind {source} {quoted_root}{source}")
     for path in binds:
         target = shlex.quote(str(root) + str(path))
-        lines.append(f"mkdir -p {target} && mount --rbind {shlex.quote(str(path))} {target}")
+        lines.append(
+            f"mkdir -p {target} && mount --rbind {shlex.quote(str(path))} {target}"
+        )
     for path in ("/etc/resolv.conf", "/etc/hosts"):
         if os.path.exists(path):
             target = shlex.quote(str(root) + path)
@@ -294,7 +354,9 @@ def chroot_command(root: Path, workdir: Path) -> str:
 
 def print_info(environment: Path) -> None:
     print(f"build environment: {environment}")
-    print(f"recipe: {', '.join(str(p.relative_to(WORKSPACE)) for p in RECIPE_FILES)} (hash {recipe_hash()})")
+    print(
+        f"recipe: {', '.join(str(p.relative_to(WORKSPACE)) for p in RECIPE_FILES)} (hash {recipe_hash()})"
+    )
     print(f"Debian packages ({environment / 'manifest.tsv'}):")
     print((environment / "manifest.tsv").read_text(), end="")
 
@@ -318,7 +380,11 @@ def main(argv: list[str]) -> int:
         user_rc = home / ".bazelrc"
         if user_rc.exists():
             startup.append(f"--bazelrc={user_rc}")
-        env = {k: v for k, v in os.environ.items() if k not in DROPPED_VARIABLES and not k.startswith("PYENV")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in DROPPED_VARIABLES and not k.startswith("PYENV")
+        }
         env["PATH"] = CHROOT_PATH
         server = running_server(output_base(output_user_root, argv), root)
         if server:

@@ -41,14 +41,25 @@ def test_recipe_packages_ignore_comments(recipe):
 def test_environment_path_is_versioned_by_recipe(recipe, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     calls = []
-    monkeypatch.setattr(launcher, "provision", lambda env: calls.append(env) or (env / "root").mkdir(parents=True))
+    monkeypatch.setattr(
+        launcher,
+        "provision",
+        lambda env: calls.append(env) or (env / "root").mkdir(parents=True),
+    )
     first = launcher.ensure_environment()
-    assert first == tmp_path / "cache" / "receipt-lambdas" / "buildenv" / launcher.recipe_hash()
-    assert launcher.ensure_environment() == first and len(calls) == 1, "provisioned only once"
+    assert (
+        first
+        == tmp_path / "cache" / "receipt-lambdas" / "buildenv" / launcher.recipe_hash()
+    )
+    assert launcher.ensure_environment() == first and len(calls) == 1, (
+        "provisioned only once"
+    )
     with open(recipe / "apt-preferences", "a") as preferences:
         preferences.write("\n# changed\n")
     second = launcher.ensure_environment()
-    assert second != first and (first / "root").is_dir(), "the old environment is left alone"
+    assert second != first and (first / "root").is_dir(), (
+        "the old environment is left alone"
+    )
 
 
 def test_unreachable_mirror_names_the_url(monkeypatch):
@@ -56,13 +67,18 @@ def test_unreachable_mirror_names_the_url(monkeypatch):
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
     monkeypatch.setattr(launcher, "MIRROR", f"http://127.0.0.1:{port}/debian")
-    with pytest.raises(launcher.LauncherError, match=f"unreachable: http://127.0.0.1:{port}/debian/dists/trixie/Release"):
+    with pytest.raises(
+        launcher.LauncherError,
+        match=f"unreachable: http://127.0.0.1:{port}/debian/dists/trixie/Release",
+    ):
         launcher.check_mirror()
 
 
 def test_disk_full_is_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setattr(launcher, "NEEDED_BYTES", 1 << 62)
-    with pytest.raises(launcher.LauncherError, match=r"^disk full: \d+ MiB free in .*XDG_CACHE_HOME"):
+    with pytest.raises(
+        launcher.LauncherError, match=r"^disk full: \d+ MiB free in .*XDG_CACHE_HOME"
+    ):
         launcher.check_disk(tmp_path)
 
 
@@ -74,7 +90,9 @@ def test_missing_command_is_named(monkeypatch):
 
 def test_chroot_script_mounts_paths_at_the_same_place(tmp_path):
     root = tmp_path / "root"
-    script = launcher.chroot_script(root, [Path("/tmp"), Path("/work/main")], Path("/work/main/handlers"))
+    script = launcher.chroot_script(
+        root, [Path("/tmp"), Path("/work/main")], Path("/work/main/handlers")
+    )
     assert f"mount --rbind /proc {root}/proc" in script
     assert f"mount --rbind /work/main {root}/work/main" in script
     assert script.splitlines()[-1].startswith(f"exec chroot {root} ")
@@ -92,7 +110,9 @@ def test_bazel_rc_is_rewritten_only_when_it_changes(tmp_path):
 
 
 def test_remote_cache_replaces_the_disk_cache(tmp_path):
-    rc = launcher.bazel_rc(tmp_path, ["build --config=s3cache", "build --remote_cache=http://127.0.0.1:1"])
+    rc = launcher.bazel_rc(
+        tmp_path, ["build --config=s3cache", "build --remote_cache=http://127.0.0.1:1"]
+    )
     assert "--disk_cache" not in rc.read_text()
     assert "build --remote_cache=http://127.0.0.1:1" in rc.read_text()
 
@@ -105,18 +125,24 @@ def test_no_bucket_means_no_remote_cache(tmp_path, monkeypatch):
 
 def test_host_bazel_variable_bypasses_the_environment(tmp_path):
     fake = tmp_path / "bazel"
-    fake.write_text("#!/bin/sh\necho host-bazel \"$@\"\n")
+    fake.write_text('#!/bin/sh\necho host-bazel "$@"\n')
     fake.chmod(0o755)
     entry = Path(launcher.__file__).parent.parent / "bazel"
     result = subprocess.run(
-        [entry, "version"], env={**os.environ, launcher.HOST_BAZEL_VARIABLE: str(fake)}, capture_output=True, text=True
+        [entry, "version"],
+        env={**os.environ, launcher.HOST_BAZEL_VARIABLE: str(fake)},
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.stdout.strip() == "host-bazel version"
 
 
 def test_output_base_follows_bazel_rules(tmp_path):
     assert launcher.output_base(tmp_path, ["--output_base=/x", "build"]) == Path("/x")
-    assert launcher.output_base(tmp_path, ["build", "--output_base=/x"]).parent == tmp_path, "a command option"
+    assert (
+        launcher.output_base(tmp_path, ["build", "--output_base=/x"]).parent == tmp_path
+    ), "a command option"
     digest = launcher.output_base(tmp_path, ["build"]).name
     assert len(digest) == 32 and launcher.output_base(tmp_path, []).name == digest
 
@@ -126,5 +152,8 @@ def test_running_server_is_joined_only_in_the_same_root(tmp_path):
     (base / "server").mkdir(parents=True)
     assert launcher.running_server(base, Path("/")) is None, "no server yet"
     (base / "server" / "server.pid.txt").write_text(str(os.getpid()))
-    assert launcher.running_server(base, Path(os.readlink("/proc/self/root"))) == os.getpid()
+    assert (
+        launcher.running_server(base, Path(os.readlink("/proc/self/root")))
+        == os.getpid()
+    )
     assert launcher.running_server(base, tmp_path / "another-root") is None

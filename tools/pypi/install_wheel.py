@@ -37,12 +37,16 @@ def install(wheel: str, dest: str) -> None:
                 continue
             target = os.path.abspath(os.path.join(root, target))
             if not target.startswith(root + os.sep):
-                sys.exit(f"install_wheel: {wheel} has a member outside the install tree: {info.filename}")
+                sys.exit(
+                    f"install_wheel: {wheel} has a member outside the install tree: {info.filename}"
+                )
             os.makedirs(os.path.dirname(target), exist_ok=True)
             with archive.open(info) as source, open(target, "wb") as out:
                 while chunk := source.read(1 << 20):
                     out.write(chunk)
-            executable = (info.external_attr >> 16) & stat.S_IXUSR or target.startswith(os.path.join(root, "bin", ""))
+            executable = (info.external_attr >> 16) & stat.S_IXUSR or target.startswith(
+                os.path.join(root, "bin", "")
+            )
             os.chmod(target, 0o755 if executable else 0o644)
 
 

@@ -59,14 +59,16 @@ def marker_environment(machine: str) -> dict[str, str]:
         "platform_system": "Linux",
         "platform_version": "",
         "python_full_version": PYTHON_FULL_VERSION,
-        "python_version": "%d.%d" % PYTHON_VERSION,
+        "python_version": "{}.{}".format(*PYTHON_VERSION),
         "sys_platform": "linux",
     }
 
 
 def supported_tags(machine: str) -> list:
     """Wheel tags this platform accepts, most preferred first (pip's order)."""
-    platforms = [f"manylinux_2_{minor}_{machine}" for minor in range(MAX_GLIBC_MINOR, 16, -1)]
+    platforms = [
+        f"manylinux_2_{minor}_{machine}" for minor in range(MAX_GLIBC_MINOR, 16, -1)
+    ]
     platforms.append(f"manylinux2014_{machine}")
     if machine == "x86_64":
         platforms += ["manylinux2010_x86_64", "manylinux1_x86_64"]
@@ -76,7 +78,9 @@ def supported_tags(machine: str) -> list:
     ]
 
 
-PACKAGE_LINE = re.compile(r"^(?P<name>[A-Za-z0-9._-]+)==(?P<version>\S+)(?:\s*;\s*(?P<marker>.+))?$")
+PACKAGE_LINE = re.compile(
+    r"^(?P<name>[A-Za-z0-9._-]+)==(?P<version>\S+)(?:\s*;\s*(?P<marker>.+))?$"
+)
 VIA_LINE = re.compile(r"^\s+#\s+(?:via\s+)?(?P<parent>\S.*)$")
 
 
@@ -101,7 +105,9 @@ def parse_compiled_requirements(text: str) -> dict[str, dict]:
             if parent.startswith("-r "):
                 packages[current]["parents"].add(None)
             else:
-                packages[current]["parents"].add(canonicalize_name(parent.split("[")[0]))
+                packages[current]["parents"].add(
+                    canonicalize_name(parent.split("[")[0])
+                )
     return packages
 
 
@@ -115,7 +121,9 @@ def best_wheel(name: str, version: str, wheels: list[dict], machine: str) -> dic
         if ranks:
             candidates.append((min(ranks), filename, wheel))
     if not candidates:
-        sys.exit(f"lock: {name}=={version} has no wheel for CPython 3.13 on manylinux {machine}")
+        sys.exit(
+            f"lock: {name}=={version} has no wheel for CPython 3.13 on manylinux {machine}"
+        )
     _, _, wheel = min(candidates, key=lambda c: c[:2])
     return wheel
 
@@ -127,28 +135,31 @@ def run_uv(uv: str, requirements: Path, output: Path, exclude_newer: str) -> Non
         "compile",
         str(requirements),
         "--universal",
-        "--python-version=%d.%d" % PYTHON_VERSION,
+        "--python-version={}.{}".format(*PYTHON_VERSION),
         "--only-binary=:all:",
         "--exclude-newer=" + exclude_newer,
         "--no-header",
         "--quiet",
         "--output-file=" + str(output),
     ]
-    result = subprocess.run(command, stderr=subprocess.PIPE, text=True)
+    result = subprocess.run(command, stderr=subprocess.PIPE, text=True, check=False)
     if result.returncode != 0:
         sys.exit("lock: uv could not resolve requirements.in:\n" + result.stderr)
 
 
 def lock_records(requirements_text: str, compiled: str, pylock: dict) -> list[dict]:
     graph = parse_compiled_requirements(compiled)
-    wheels = {canonicalize_name(p["name"]): p.get("wheels", []) for p in pylock["packages"]}
+    wheels = {
+        canonicalize_name(p["name"]): p.get("wheels", []) for p in pylock["packages"]
+    }
     records = []
     for platform, machine in PLATFORMS.items():
         environment = marker_environment(machine)
         present = {
             name
             for name, package in graph.items()
-            if package["marker"] is None or Marker(package["marker"]).evaluate(environment)
+            if package["marker"] is None
+            or Marker(package["marker"]).evaluate(environment)
         }
         children: dict[str, set[str]] = {name: set() for name in present}
         for name in present:
@@ -180,7 +191,9 @@ def render(requirements_text: str, records: list[dict]) -> str:
 def main() -> None:
     workspace = Path(os.environ.get("BUILD_WORKSPACE_DIRECTORY", "."))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requirements", type=Path, default=workspace / "requirements.in")
+    parser.add_argument(
+        "--requirements", type=Path, default=workspace / "requirements.in"
+    )
     parser.add_argument("--output", type=Path, default=workspace / "requirements.lock")
     parser.add_argument("--uv", required=True, help="path of the uv binary")
     parser.add_argument(
