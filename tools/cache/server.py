@@ -812,16 +812,26 @@ class BlobCache:
 
     def _fetch_from_s3(self, kind: str, digest: str):
         temp = self.disk.new_temp_file()
+        hasher = hashlib.sha256()
+
+        def write(chunk: bytes) -> None:
+            hasher.update(chunk)
+            temp.write(chunk)
+
         try:
             with temp:
-                found = self.s3.fetch(kind, digest, temp.write)
+                found = self.s3.fetch(kind, digest, write)
         except S3Unavailable:
             found = False
         try:
             if not found:
                 return None
             blob = open(temp.name, "rb")  # noqa: SIM115 (returned to the caller, who closes it)
-            problem = _integrity_problem(kind, digest, blob)
+            if kind == "cas":  # hashed on the way in: no second pass over a large blob
+                actual = hasher.hexdigest()
+                problem = None if actual == digest else f"content hashes to {actual}"
+            else:
+                problem = _integrity_problem(kind, digest, blob)
             if problem:
                 blob.close()
                 self.stats.add("integrity_deletes")
