@@ -352,8 +352,28 @@ def chroot_command(root: Path, workdir: Path) -> str:
     return f'exec chroot {shlex.quote(str(root))} sh -c \'cd "$0" && exec bazel "$@"\' {shlex.quote(str(workdir))} "$@"'
 
 
+def installed_bazel_version(environment: Path) -> str:
+    """The upstream version of the bazel-bootstrap package in the environment's manifest."""
+    for line in (environment / "manifest.tsv").read_text().splitlines():
+        package, version, *_ = line.split("\t")
+        if package == "bazel-bootstrap":
+            return version.split("+")[0].split("-")[0]
+    return "none"
+
+
+def check_bazel_version(environment: Path) -> None:
+    wanted = (WORKSPACE / ".bazelversion").read_text().strip()
+    installed = installed_bazel_version(environment)
+    if installed != wanted:
+        raise LauncherError(
+            f".bazelversion asks for Bazel {wanted} but the build environment has {installed}; "
+            "pin the matching bazel-bootstrap in tools/buildenv/packages.txt"
+        )
+
+
 def print_info(environment: Path) -> None:
     print(f"build environment: {environment}")
+    print(f"bazel: {installed_bazel_version(environment)}")
     print(
         f"recipe: {', '.join(str(p.relative_to(WORKSPACE)) for p in RECIPE_FILES)} (hash {recipe_hash()})"
     )
@@ -370,6 +390,7 @@ def main(argv: list[str]) -> int:
         if argv[:1] == ["--buildenv-info"]:
             print_info(environment)
             return 0
+        check_bazel_version(environment)
         cache = cache_root()
         home = Path(os.path.expanduser("~"))
         workdir = Path.cwd()

@@ -157,3 +157,20 @@ def test_running_server_is_joined_only_in_the_same_root(tmp_path):
         == os.getpid()
     )
     assert launcher.running_server(base, tmp_path / "another-root") is None
+
+
+def test_bazel_version_must_match_bazelversion(tmp_path, monkeypatch):
+    (tmp_path / "manifest.tsv").write_text(
+        "bash\t5.2.37-2\tamd64\nbazel-bootstrap\t7.7.1+ds-8+b1\tamd64\n"
+    )
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    monkeypatch.setattr(launcher, "WORKSPACE", workspace)
+    (workspace / ".bazelversion").write_text("7.7.1\n")
+    launcher.check_bazel_version(tmp_path)
+    (workspace / ".bazelversion").write_text("8.0.0\n")
+    with pytest.raises(
+        launcher.LauncherError,
+        match="asks for Bazel 8.0.0 but the build environment has 7.7.1",
+    ):
+        launcher.check_bazel_version(tmp_path)
