@@ -1,6 +1,6 @@
 """Benchmark of the S3 remote cache: a build in a fresh output base, cold vs with a warm S3 cache.
 
-    python3 bench/cache/bench.py [--targets //handlers/...]
+    python3 bench/cache/bench.py [--targets 'kind(lambda_platform_image, //handlers/...)']
 
 Every scenario builds TARGETS in a new copy of the workspace (so a new output base and Bazel
 server), against moto's S3 on loopback:
@@ -33,7 +33,7 @@ def build(workdir: Path, name: str, url: str | None, targets: list[str]) -> dict
     flags = e2e.cache_flags(workspace, url)
     before = e2e.cache_status(url)["totals"] if url else dict.fromkeys(COUNTERS, 0)
     try:
-        e2e.say(f"{name}: bazel build {' '.join(targets)}")
+        e2e.say(f"{name}: bazel build of {len(targets)} targets")
         # Bazel server start, repository fetching and analysis: the same with or without a cache.
         setup = e2e.run_bazel(
             workspace,
@@ -74,11 +74,18 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--targets", nargs="+", default=e2e.DEFAULT_TARGETS)
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        default=e2e.DEFAULT_TARGETS,
+        help="patterns or query expressions",
+    )
     args = parser.parse_args(argv)
+    description = " ".join(args.targets)
     workdir = Path(tempfile.mkdtemp(prefix="cache-bench-"))
     rows = []
     try:
+        args.targets = e2e.resolve_targets(args.targets)
         with e2e.Services(workdir) as services:
             rows.append(build(workdir, "cold", None, args.targets))
             rows.append(
@@ -96,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    print(
-        f"\nS3 remote cache benchmark: bazel build {' '.join(args.targets)}, fresh output bases"
-    )
+    print(f"\nS3 remote cache benchmark: bazel build {description}, fresh output bases")
     header = (
         f"{'scenario':<10} {'setup s':>7} {'build s':>7} {'crit. s':>7} {'executed':>8} "
         f"{'cache hits':>10} {'to Bazel MiB':>12} {'from Bazel MiB':>14} {'S3 down MiB':>11} "

@@ -6,7 +6,9 @@ cache server with its own empty disk tier. The first copy builds TARGETS and upl
 builds the same targets and must run no action itself (every spawn a "remote cache hit"), and
 every output file must be identical.
 
-    python3 tools/cache/e2e.py [--targets //handlers/...] [--keep]
+    python3 tools/cache/e2e.py [--targets 'kind(lambda_platform_image, //handlers/...)'] [--keep]
+
+TARGETS are patterns or query expressions; by default a few small actions in tests/cache/e2e.
 
 Only the standard library is used here: moto and the cache servers are Bazel-built binaries
 started with `tools/bazel run`, so their packages come from the locked @pypi wheels.
@@ -120,6 +122,30 @@ def run_bazel(workspace: Path, args: list[str], log: Path) -> BazelRun:
     return BazelRun(
         code, time.monotonic() - started, log.read_text(errors="replace"), log
     )
+
+
+def resolve_targets(targets: list[str]) -> list[str]:
+    """Target patterns as given; query expressions (with parentheses) become their labels."""
+    resolved = []
+    for target in targets:
+        if "(" not in target:
+            resolved.append(target)
+            continue
+        listing = subprocess.run(
+            [str(REPO / "tools" / "bazel"), "query", "--output=label", target],
+            cwd=REPO,
+            env=bazel_environment(),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        labels = listing.stdout.split()
+        if listing.returncode != 0 or not labels:
+            raise CheckFailed(
+                f"query {target!r} gave no targets:\n{listing.stderr[-2000:]}"
+            )
+        resolved += labels
+    return resolved
 
 
 def bazel_environment() -> dict[str, str]:
@@ -352,7 +378,12 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--targets", nargs="+", default=DEFAULT_TARGETS)
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        default=DEFAULT_TARGETS,
+        help="patterns or query expressions",
+    )
     parser.add_argument(
         "--workdir", type=Path, help="default: a new temporary directory"
     )
@@ -364,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     say(f"work directory {workdir}")
     try:
-        check(workdir, args.targets)
+        check(workdir, resolve_targets(args.targets))
         return 0
     except (CheckFailed, ensure_server.CacheServerError) as error:
         say(f"FAIL: {error}")
