@@ -187,6 +187,25 @@ def test_action_cache_hit_needs_its_output_blobs(servers):
     assert server.get("ac", key)[0] == 200
 
 
+def test_action_cache_hit_from_s3_needs_its_blobs_in_s3(servers, moto_s3, prefix):
+    writer = servers("writer", s3=moto_s3, prefix=prefix)
+    present, absent = b"uploaded output", b"output nobody uploaded"
+    complete, incomplete = sha256(b"complete action"), sha256(b"incomplete action")
+    assert writer.put("cas", sha256(present), present) == 200
+    assert writer.put("ac", complete, action_result(present)) == 200
+    assert writer.put("ac", incomplete, action_result(present, absent)) == 200
+    writer.wait_for_uploads()
+
+    reader = servers(
+        "reader", s3=moto_s3, prefix=prefix
+    )  # empty disk tier: all from S3
+    assert reader.get("ac", complete)[0] == 200
+    assert reader.get("ac", incomplete)[0] == 404
+    assert (
+        reader.status()["disk"]["entries"] == 2
+    )  # both entries, but no blob was fetched
+
+
 def test_blobs_come_back_from_s3_when_the_disk_tier_is_gone(servers, moto_s3, prefix):
     first = servers("first", s3=moto_s3, prefix=prefix)
     blob = os.urandom(3 << 20)

@@ -14,6 +14,7 @@ Self-contained (standard library + boto3 + protobuf) so that it runs as a plain 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import fcntl
 import hashlib
@@ -745,6 +746,7 @@ class BlobCache:
         self.uploader = uploader
         self.stats = stats
         self._fetching = KeyedLocks()
+        self._head_requests = concurrent.futures.ThreadPoolExecutor(max_workers=16)
 
     def open(self, kind: str, digest: str):
         """A verified blob opened for reading, positioned at its start, or None on a miss."""
@@ -851,16 +853,24 @@ class BlobCache:
         result = ActionResult()
         result.ParseFromString(blob.read())
         blob.seek(0)
-        for digest in referenced_blobs(result):
-            if self.disk.size("cas", digest) is not None:
-                continue
-            try:
-                if self.s3 is not None and self.s3.size("cas", digest) is not None:
-                    continue
-            except S3Unavailable:
-                pass
+        not_on_disk = [
+            digest
+            for digest in referenced_blobs(result)
+            if self.disk.size("cas", digest) is None
+        ]
+        if not not_on_disk:
+            return True
+        if self.s3 is None:
             return False
-        return True
+
+        def in_s3(digest: str) -> bool:
+            try:
+                return self.s3.size("cas", digest) is not None
+            except S3Unavailable:
+                return False
+
+        # One HEAD request per blob: in parallel, since an action may have many outputs.
+        return all(self._head_requests.map(in_s3, not_on_disk))
 
 
 def _integrity_problem(kind: str, digest: str, blob) -> str | None:
