@@ -113,6 +113,19 @@ def test_chunked_put_is_stored(servers):
     connection.close()
     assert server.get("cas", sha256(blob)) == (200, blob)
 
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+        raw.sendall(
+            f"PUT /cas/{sha256(b'x')} HTTP/1.1\r\nHost: cache\r\n"
+            "Transfer-Encoding: chunked\r\n\r\nnot-hex\r\n".encode()
+        )
+        response = b""
+        while chunk := raw.recv(
+            1000
+        ):  # the server closes the connection after this error
+            response += chunk
+    assert response.startswith(b"HTTP/1.1 400"), response
+    assert b"malformed chunk size" in response
+
 
 def test_missing_keys_are_misses(servers, moto_s3, prefix):
     server = servers(s3=moto_s3, prefix=prefix)

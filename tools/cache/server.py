@@ -977,15 +977,18 @@ class CacheRequestHandler(http.server.BaseHTTPRequestHandler):
         except BadRequest as error:
             self.server.stats.add("rejected_puts")
             log.warning("rejected PUT /%s/%s: %s", kind, digest, error)
+            self.close_connection = (
+                chunked  # a malformed chunked body may be left unread
+            )
             return self._respond(400, f"{error}\n".encode())
         except (ConnectionError, TimeoutError, EOFError) as error:
             log.info("PUT /%s/%s abandoned by the client: %s", kind, digest, error)
             self.close_connection = True
             return None
-        except (
-            OSError
-        ) as error:  # e.g. a full disk: the build goes on without this entry
+        except OSError as error:
+            # A full disk, say: the build goes on without this entry.
             log.error("cannot store %s/%s: %s", kind, digest, error)
+            self.close_connection = True  # the rest of the body is unread
             return self._respond(500, f"cannot store: {error}\n".encode())
         self.server.stats.add("bytes_in", size)
         self._respond(200)
@@ -1004,7 +1007,10 @@ class CacheRequestHandler(http.server.BaseHTTPRequestHandler):
             line = self.rfile.readline(1024)
             if not line:
                 raise EOFError("chunked body ended early")
-            size = int(line.split(b";")[0].strip() or b"0", 16)
+            try:
+                size = int(line.split(b";")[0].strip(), 16)
+            except ValueError:
+                raise BadRequest(f"malformed chunk size line {line[:40]!r}") from None
             if size == 0:
                 while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
                     pass
