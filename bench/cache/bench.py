@@ -65,8 +65,12 @@ def build(workdir: Path, name: str, url: str | None, targets: list[str]) -> dict
     }
 
 
-def mib(count: int) -> str:
-    return f"{count / 2**20:.1f}"
+def human(count: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if count < 1024:
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} GiB"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,16 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nS3 remote cache benchmark: bazel build {description}, fresh output bases")
     header = (
         f"{'scenario':<10} {'setup s':>7} {'build s':>7} {'crit. s':>7} {'executed':>8} "
-        f"{'cache hits':>10} {'to Bazel MiB':>12} {'from Bazel MiB':>14} {'S3 down MiB':>11} "
-        f"{'S3 up MiB':>9}"
+        f"{'cache hits':>10} {'to Bazel':>10} {'from Bazel':>10} {'S3 down':>10} {'S3 up':>10}"
     )
     print(header)
     for row in rows:
         print(
             f"{row['scenario']:<10} {row['setup']:>7.1f} {row['build']:>7.1f} "
             f"{row['critical_path']:>7.1f} {row['executed']:>8} {row['cache_hits']:>10} "
-            f"{mib(row['bytes_out']):>12} {mib(row['bytes_in']):>14} "
-            f"{mib(row['s3_bytes_down']):>11} {mib(row['s3_bytes_up']):>9}"
+            f"{human(row['bytes_out']):>10} {human(row['bytes_in']):>10} "
+            f"{human(row['s3_bytes_down']):>10} {human(row['s3_bytes_up']):>10}"
         )
     cold, warm = rows[0], rows[2]
     print(
