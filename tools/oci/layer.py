@@ -1,7 +1,8 @@
 """Builds one image layer: a normalized tar, compressed, plus a small JSON metadata file.
 
 Inputs are merged in this order: existing tars (--tar), files and directories (--file),
-empty directories (--dir), symlinks (--symlink), Python runfiles (--py-file). Entries are
+empty directories (--dir), symlinks (--symlink), Python runfiles (--py-file), and with
+--py-compile VERSION a hash-based __pycache__/*.pyc next to each of their .py files. Entries are
 normalized so the layer depends only on contents and paths: sorted, mtime fixed to
 SOURCE_DATE_EPOCH (default 0), uid/gid 0 without names, files 0644 (0755 when any
 execute bit was set in an input tar, or as given by --mode), directories 0755 (world-
@@ -14,10 +15,14 @@ import argparse
 import collections
 import dataclasses
 import hashlib
+import importlib.util
 import os
+import py_compile
 import shutil
+import sys
 import tarfile
 import tempfile
+import warnings
 from collections.abc import Callable
 
 from tools.oci import common
@@ -65,6 +70,7 @@ class Layer:
         self.entries = {}
         self.allow_overwrite = allow_overwrite
         self._temp_files = []
+        self._temp_dir = None
 
     def add(self, entry):
         if not entry.path:
@@ -213,14 +219,23 @@ class Layer:
         return _NamedHandle(handle, path)
 
     def add_python_files(
-        self, files, site_packages, import_roots, main_repo, include="all", exclude=()
+        self,
+        files,
+        site_packages,
+        import_roots,
+        main_repo,
+        include="all",
+        exclude=(),
+        compile_version=None,
     ):
         """Places py_library runfiles where `import` finds them: under site_packages, relative to their import root.
 
         files: (short_path, path) pairs as Bazel's File gives them. Files of external repositories
         (short_path '../<repo>/...') are third-party wheels; the rest is first-party code.
+        compile_version: the image's Python ("3.13"): also add a .pyc for each .py placed.
         """
         excluded = set(exclude)
+        sources = {}  # layer path -> source file; the last one wins, as with allow_overwrite
         roots = sorted(
             {normalize_path(root, "import roots") for root in import_roots},
             key=len,
@@ -241,9 +256,50 @@ class Layer:
                 short_path[3:] if third_party else f"{main_repo}/{short_path}"
             )
             relative = _import_relative_path(runfiles_path, roots)
-            self._add_regular_file(
-                f"{site_packages}/{relative}", path, 0o644, short_path
+            dest = f"{site_packages}/{relative}"
+            self._add_regular_file(dest, path, 0o644, short_path)
+            if dest.endswith(".py"):
+                sources[normalize_path(dest, short_path)] = path
+        if compile_version:
+            self.compile_python(sources, compile_version)
+
+    def compile_python(self, sources, version):
+        """Adds __pycache__/<module>.cpython-XY.pyc for each {layer path: source file} that compiles.
+
+        Lambda's file system is read-only: without them Python recompiles every imported module
+        at each cold start. Unchecked-hash pycs hold no mtime (the layer's entries get a fixed
+        one) and record the image path as their source, so they depend only on the source.
+        Files that do not compile (e.g. Python 2 test data in some wheels) are left without one.
+        """
+        running = f"{sys.version_info.major}.{sys.version_info.minor}"
+        if version != running:
+            raise common.UsageError(
+                f"--py-compile {version}: the image's Python is {version} but this tool runs "
+                f"Python {running}, whose bytecode it cannot load; run the layer tool with "
+                f"Python {version}, or do not compile"
             )
+        if self._temp_dir is None:
+            self._temp_dir = tempfile.TemporaryDirectory(prefix="pyc-")
+        for index, (path, source) in enumerate(sorted(sources.items())):
+            pyc_path = importlib.util.cache_from_source(path, optimization="")
+            compiled = os.path.join(self._temp_dir.name, f"{index}.pyc")
+            try:
+                with warnings.catch_warnings():
+                    # SyntaxWarnings of third-party code (invalid escapes...) are not ours
+                    warnings.simplefilter("ignore")
+                    py_compile.compile(
+                        source,
+                        cfile=compiled,
+                        dfile="/" + path,
+                        doraise=True,
+                        optimize=0,
+                        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+                    )
+            except (py_compile.PyCompileError, SyntaxError, ValueError):
+                continue
+            # A pyc shipped in a wheel (timestamp-based, stale in the layer) is replaced.
+            self.entries.pop(pyc_path, None)
+            self._add_regular_file(pyc_path, compiled, 0o644, f"{source} (compiled)")
 
     def set_mode(self, path, mode):
         key = normalize_path(path, "--mode")
@@ -272,6 +328,8 @@ class Layer:
     def close(self):
         for handle in self._temp_files:
             handle.close()
+        if self._temp_dir is not None:
+            self._temp_dir.cleanup()
 
 
 class _NamedHandle:
@@ -510,6 +568,7 @@ def build(args):
             args.py_main_repo,
             args.py_include,
             args.py_exclude,
+            args.py_compile,
         )
         for path, mode in args.mode:
             try:
@@ -576,6 +635,12 @@ def parse_args(argv):
     parser.add_argument("--py-main-repo", default="_main")
     parser.add_argument(
         "--py-include", choices=("all", "third_party", "first_party"), default="all"
+    )
+    parser.add_argument(
+        "--py-compile",
+        metavar="VERSION",
+        help="add an unchecked-hash .pyc for each --py-file .py; VERSION is the image's "
+        "Python (e.g. 3.13), which must be the one running this tool",
     )
     parser.add_argument(
         "--allow-overwrite",

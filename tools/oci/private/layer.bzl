@@ -164,6 +164,8 @@ def _py_layer_impl(ctx):
     args.add("--py-site-packages", check_path(ctx.attr.site_packages, "site_packages"))
     args.add("--py-main-repo", ctx.workspace_name)
     args.add("--py-include", ctx.attr.packages)
+    if ctx.attr.compile_pyc:
+        args.add("--py-compile", ctx.attr.python_version)
     if ctx.attr.allow_overwrite:
         args.add("--allow-overwrite")
     layer = layer_action(
@@ -198,6 +200,18 @@ py_layer = rule(
             default = "/usr/local/lib/python3.13/dist-packages",
             doc = "Where the packages go. The default is where Debian's python3.13 looks for " +
                   "pip-installed packages without PYTHONPATH (it never searches .../site-packages).",
+        ),
+        "compile_pyc": attr.bool(
+            default = True,
+            doc = "Also write __pycache__/<module>.cpython-XY.pyc next to every .py file, " +
+                  "unchecked-hash (no mtime) with the image path as source: Lambda's read-only " +
+                  "file system cannot cache bytecode, so without them each cold start recompiles " +
+                  "every imported module. Files that do not compile get none.",
+        ),
+        "python_version": attr.string(
+            default = "3.13",
+            doc = "The image's Python, which the .pyc files are for. The exec Python that runs " +
+                  "the layer tool must be this version, or the build fails.",
         ),
         "allow_overwrite": attr.bool(doc = "Let a later file replace one at the same path instead of failing."),
         "created_by": attr.string(doc = "History text of the layer; defaults to the target label."),

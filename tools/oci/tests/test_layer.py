@@ -2,8 +2,11 @@
 
 import gzip
 import hashlib
+import importlib.util
 import io
+import marshal
 import os
+import sys
 import tarfile
 
 import pytest
@@ -433,3 +436,109 @@ def test_layer_entries_api_sorts_without_writing(tmp_path):
     entries.add_dir("/b/c")
     entries.add_symlink("/a", "b")
     assert [entry.path for entry in entries.finalized_entries()] == ["a", "b", "b/c"]
+
+
+RUNNING_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+SITE = "usr/local/lib/python3.13/dist-packages/"
+PYC = f"__pycache__/mod.{sys.implementation.cache_tag}.pyc"
+COMPILED_FILES = {
+    "../pypi_x/site-packages/x/mod.py": b"VALUE = 'compiled'\n",
+    "../pypi_x/site-packages/x/py2_only.py": b"print 'python 2'\n",
+    "../pypi_x/site-packages/x/data.txt": b"not python\n",
+    "pkg/mod.py": b"def f():\n    return 42\n",
+}
+
+
+def compiled_layer(tmp_path, *args):
+    pairs = []
+    for short_path, content in COMPILED_FILES.items():
+        pairs += [
+            "--py-file",
+            short_path,
+            write(tmp_path / "in" / short_path.replace("../", "ext/"), content),
+        ]
+    _, _, blob = make_layer(
+        tmp_path, "layer", *pairs, "--py-compile", RUNNING_PYTHON, *args
+    )
+    return tar_members(blob), blob
+
+
+def test_compiled_python_gets_a_pyc_next_to_each_py_file(tmp_path):
+    members, _ = compiled_layer(tmp_path)
+    files = [name for name, (info, _) in members.items() if info.isreg()]
+    assert files == [
+        SITE + "pkg/" + PYC,
+        SITE + "pkg/mod.py",
+        SITE + "x/" + PYC,
+        SITE + "x/data.txt",
+        SITE + "x/mod.py",
+        SITE + "x/py2_only.py",  # does not compile: no .pyc, and no error
+    ]
+    assert list(members) == sorted(members)
+    for name in (SITE + "x/" + PYC, SITE + "x/__pycache__"):
+        info = members[name][0]
+        assert (info.mtime, info.uid, info.gid, info.uname, info.gname) == (
+            0,
+            0,
+            0,
+            "",
+            "",
+        )
+        assert info.mode == (0o755 if info.isdir() else 0o644)
+
+
+def test_pyc_is_hash_based_and_names_the_image_path(tmp_path):
+    members, _ = compiled_layer(tmp_path)
+    pyc = members[SITE + "x/" + PYC][1]
+    assert pyc[:4] == importlib.util.MAGIC_NUMBER
+    flags = int.from_bytes(pyc[4:8], "little")
+    assert (
+        flags == 0b01
+    )  # hash-based, unchecked: no mtime, never compared with the source
+    assert pyc[8:16] == importlib.util.source_hash(b"VALUE = 'compiled'\n")
+    code = marshal.loads(pyc[16:])
+    assert code.co_filename == "/" + SITE + "x/mod.py"
+    assert str(tmp_path).encode() not in pyc
+    assert "compiled" in code.co_consts
+
+
+def test_python_imports_the_pyc(tmp_path, monkeypatch):
+    _, blob = compiled_layer(tmp_path)
+    root = tmp_path / "root"
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes(blob))) as archive:
+        archive.extractall(root, filter="data")
+    source = root / SITE / "x/mod.py"
+    source.write_bytes(b"VALUE = 'source'\n")  # an unchecked pyc wins over its source
+    monkeypatch.setattr(sys, "pycache_prefix", None)
+    spec = importlib.util.spec_from_file_location("x_mod_under_test", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.VALUE == "compiled"
+
+
+def test_compiled_layer_is_the_same_in_another_directory(tmp_path):
+    digests = []
+    for directory in ("one", "two/deeper"):
+        (tmp_path / directory).mkdir(parents=True)
+        _, blob = compiled_layer(tmp_path / directory)
+        digests.append(sha256_file(blob))
+    assert digests[0] == digests[1]
+
+
+def test_no_pyc_without_py_compile(tmp_path):
+    _, _, blob = make_layer(
+        tmp_path,
+        "layer",
+        *python_files(tmp_path, PY_FILES),
+    )
+    assert not any("__pycache__" in name for name in tar_members(blob))
+
+
+def test_py_compile_for_another_python_is_an_error(tmp_path):
+    with pytest.raises(UsageError, match=r"image's Python is 3\.99 but this tool runs"):
+        make_layer(
+            tmp_path,
+            "layer",
+            *python_files(tmp_path, PY_FILES),
+            "--py-compile", "3.99",
+        )  # fmt: skip

@@ -100,8 +100,14 @@ def test_layers_hold_normalized_files_where_the_rules_put_them():
     )
     assert not any("greet" in name for name in third_party)
     assert [name for name, (info, _) in first_party.items() if info.isreg()] == [
-        "var/task/greet/__init__.py"
+        "var/task/greet/__init__.py",
+        "var/task/greet/__pycache__/__init__.cpython-313.pyc",
     ]
+    # py_layer compiles by default: unchecked-hash pycs naming the image path of their source
+    pyc = first_party["var/task/greet/__pycache__/__init__.cpython-313.pyc"][1]
+    assert int.from_bytes(pyc[4:8], "little") == 0b01
+    assert b"/var/task/greet/__init__.py" in pyc
+    assert site + "jmespath/__pycache__/__init__.cpython-313.pyc" in third_party
     for layer in (files, rootfs, third_party, first_party):
         assert list(layer) == sorted(layer)
         for info, _ in layer.values():
