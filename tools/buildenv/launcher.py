@@ -194,6 +194,13 @@ def check_disk(directory: Path) -> None:
         )
 
 
+def disk_full(directory: Path) -> LauncherError:
+    return LauncherError(
+        f"disk full while provisioning under {directory}; free space or set XDG_CACHE_HOME "
+        "to another disk"
+    )
+
+
 def remove_tree(path: Path) -> None:
     if path.exists():
         subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=False)
@@ -205,9 +212,8 @@ def provision(environment: Path) -> None:
     check_disk(environment.parent)
     check_mirror()
     staging = environment.parent / f".staging-{environment.name}"
-    remove_tree(
-        staging
-    )  # left by an interrupted run; we hold the lock, so nobody else uses it
+    # Left by an interrupted run; we hold the lock, so nobody else uses it.
+    remove_tree(staging)
     staging.mkdir(parents=True)
     root = staging / "root"
     host_cas = " ".join(shlex.quote(str(p)) for p in sorted(HOST_CA_DIR.glob("*.crt")))
@@ -254,9 +260,7 @@ def provision(environment: Path) -> None:
         remove_tree(staging)
         details = "\n".join(tail)
         if "No space left on device" in details:
-            raise LauncherError(
-                f"disk full while provisioning under {environment.parent}"
-            )
+            raise disk_full(environment.parent)
         raise LauncherError(
             f"provisioning failed (mmdebstrap exit {process.returncode}); its last output:\n{details}"
         )
@@ -277,9 +281,7 @@ def ensure_environment() -> Path:
                 provision(environment)
             except OSError as error:
                 if error.errno == errno.ENOSPC:
-                    raise LauncherError(
-                        f"disk full while provisioning under {environment.parent}"
-                    ) from None
+                    raise disk_full(environment.parent) from None
                 raise
     return environment
 

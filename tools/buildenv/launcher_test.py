@@ -91,12 +91,12 @@ def test_missing_command_is_named(monkeypatch):
 def test_chroot_script_mounts_paths_at_the_same_place(tmp_path):
     root = tmp_path / "root"
     script = launcher.chroot_script(
-        root, [Path("/tmp"), Path("/work/main")], Path("/work/main/handlers")
+        root, [Path("/tmp"), Path("/src/repo")], Path("/src/repo/handlers")
     )
     assert f"mount --rbind /proc {root}/proc" in script
-    assert f"mount --rbind /work/main {root}/work/main" in script
+    assert f"mount --rbind /src/repo {root}/src/repo" in script
     assert script.splitlines()[-1].startswith(f"exec chroot {root} ")
-    assert "/work/main/handlers" in script.splitlines()[-1]
+    assert "/src/repo/handlers" in script.splitlines()[-1]
 
 
 def test_bazel_rc_is_rewritten_only_when_it_changes(tmp_path):

@@ -147,7 +147,7 @@ def run_uv(uv: str, requirements: Path, output: Path, exclude_newer: str) -> Non
         sys.exit("lock: uv could not resolve requirements.in:\n" + result.stderr)
 
 
-def lock_records(requirements_text: str, compiled: str, pylock: dict) -> list[dict]:
+def lock_records(compiled: str, pylock: dict) -> list[dict]:
     graph = parse_compiled_requirements(compiled)
     wheels = {
         canonicalize_name(p["name"]): p.get("wheels", []) for p in pylock["packages"]
@@ -212,7 +212,6 @@ def main() -> None:
         run_uv(args.uv, args.requirements, compiled_path, args.exclude_newer)
         run_uv(args.uv, args.requirements, pylock_path, args.exclude_newer)
         records = lock_records(
-            requirements_text,
             compiled_path.read_text(),
             tomllib.loads(pylock_path.read_text()),
         )

@@ -125,19 +125,12 @@ class BoundingBox:
         return self.x + self.width / 2, self.y + self.height / 2
 
 
-@dataclass(frozen=True)
-class ReceiptLine:
-    TYPE: ClassVar[str] = "RECEIPT_LINE"
+class _ReceiptText:
+    """What ReceiptLine and ReceiptWord share: text, box, confidence, embedding status."""
 
-    image_id: str
-    receipt_id: int
-    line_id: int
-    text: str
-    bounding_box: BoundingBox
-    confidence: float
-    embedding_status: EmbeddingStatus = EmbeddingStatus.NONE
+    TYPE: ClassVar[str]
 
-    def __post_init__(self) -> None:
+    def _validate_text_fields(self) -> None:
         object.__setattr__(self, "image_id", _image_id(self.image_id))
         _index(self.receipt_id, "receipt_id")
         _index(self.line_id, "line_id")
@@ -153,11 +146,6 @@ class ReceiptLine:
             _enum(EmbeddingStatus, self.embedding_status, "embedding_status"),
         )
 
-    @property
-    def key(self) -> dict[str, str]:
-        pk, sk = receipt_prefix(self.image_id, self.receipt_id)
-        return {"PK": pk, "SK": f"{sk}#LINE#{self.line_id:05d}"}
-
     def to_item(self) -> dict[str, Any]:
         key = self.key
         return {
@@ -172,23 +160,50 @@ class ReceiptLine:
         }
 
     @classmethod
+    def _text_fields_from_item(cls, item: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "text": _required(item, "text", cls.TYPE),
+            "bounding_box": BoundingBox.from_item(
+                _required(item, "bounding_box", cls.TYPE)
+            ),
+            "confidence": _required(item, "confidence", cls.TYPE),
+            "embedding_status": _required(item, "embedding_status", cls.TYPE),
+        }
+
+
+@dataclass(frozen=True)
+class ReceiptLine(_ReceiptText):
+    TYPE: ClassVar[str] = "RECEIPT_LINE"
+
+    image_id: str
+    receipt_id: int
+    line_id: int
+    text: str
+    bounding_box: BoundingBox
+    confidence: float
+    embedding_status: EmbeddingStatus = EmbeddingStatus.NONE
+
+    def __post_init__(self) -> None:
+        self._validate_text_fields()
+
+    @property
+    def key(self) -> dict[str, str]:
+        pk, sk = receipt_prefix(self.image_id, self.receipt_id)
+        return {"PK": pk, "SK": f"{sk}#LINE#{self.line_id:05d}"}
+
+    @classmethod
     def from_item(cls, item: dict[str, Any]) -> ReceiptLine:
         image_id, receipt_id, line_id, _ = parse_receipt_sk(item, cls.TYPE)
         return cls(
             image_id=image_id,
             receipt_id=receipt_id,
             line_id=line_id,
-            text=_required(item, "text", cls.TYPE),
-            bounding_box=BoundingBox.from_item(
-                _required(item, "bounding_box", cls.TYPE)
-            ),
-            confidence=_required(item, "confidence", cls.TYPE),
-            embedding_status=_required(item, "embedding_status", cls.TYPE),
+            **cls._text_fields_from_item(item),
         )
 
 
 @dataclass(frozen=True)
-class ReceiptWord:
+class ReceiptWord(_ReceiptText):
     TYPE: ClassVar[str] = "RECEIPT_WORD"
 
     image_id: str
@@ -202,21 +217,8 @@ class ReceiptWord:
     is_noise: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "image_id", _image_id(self.image_id))
-        _index(self.receipt_id, "receipt_id")
-        _index(self.line_id, "line_id")
+        self._validate_text_fields()
         _index(self.word_id, "word_id")
-        _text(self.text, "text")
-        if not isinstance(self.bounding_box, BoundingBox):
-            raise EntityError("bounding_box must be a BoundingBox")
-        object.__setattr__(
-            self, "confidence", _unit_float(self.confidence, "confidence")
-        )
-        object.__setattr__(
-            self,
-            "embedding_status",
-            _enum(EmbeddingStatus, self.embedding_status, "embedding_status"),
-        )
         if not isinstance(self.is_noise, bool):
             raise EntityError(f"is_noise must be true or false; got {self.is_noise!r}")
 
@@ -226,18 +228,7 @@ class ReceiptWord:
         return {"PK": pk, "SK": f"{sk}#LINE#{self.line_id:05d}#WORD#{self.word_id:05d}"}
 
     def to_item(self) -> dict[str, Any]:
-        key = self.key
-        return {
-            **key,
-            "TYPE": self.TYPE,
-            "GSI1PK": f"EMBEDDING_STATUS#{self.embedding_status.value}",
-            "GSI1SK": f"{self.TYPE}#{key['PK']}#{key['SK']}",
-            "text": self.text,
-            "bounding_box": self.bounding_box.to_item(),
-            "confidence": self.confidence,
-            "embedding_status": self.embedding_status.value,
-            "is_noise": self.is_noise,
-        }
+        return {**super().to_item(), "is_noise": self.is_noise}
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> ReceiptWord:
@@ -247,13 +238,8 @@ class ReceiptWord:
             receipt_id=receipt_id,
             line_id=line_id,
             word_id=word_id,
-            text=_required(item, "text", cls.TYPE),
-            bounding_box=BoundingBox.from_item(
-                _required(item, "bounding_box", cls.TYPE)
-            ),
-            confidence=_required(item, "confidence", cls.TYPE),
-            embedding_status=_required(item, "embedding_status", cls.TYPE),
             is_noise=bool(item.get("is_noise", False)),
+            **cls._text_fields_from_item(item),
         )
 
 
