@@ -51,6 +51,14 @@ DROPPED_VARIABLES = (
 # Set for tools/bazel commands that must not use the S3 remote cache (the one that starts it).
 NO_REMOTE_CACHE_VARIABLE = "BUILDENV_NO_REMOTE_CACHE"
 CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Work tree files that decide what tools/bazel runs; its fast path is valid while they are unchanged.
+FAST_PATH_STAMP_FILES = (
+    ".bazelversion",
+    "tools/bazel",
+    "tools/buildenv/launcher.py",
+    "tools/buildenv/packages.txt",
+    "tools/buildenv/apt-preferences",
+)
 
 
 class LauncherError(Exception):
@@ -137,12 +145,58 @@ def running_server(base: Path, root: Path) -> int | None:
 
 
 def enter_command(pid: int) -> list[str]:
-    """nsenter arguments that join the mount (and user) namespace of process `pid`."""
+    """nsenter arguments that join the mount (and user) namespace and the root of process `pid`."""
     if shutil.which("nsenter") is None:
         raise LauncherError("the `nsenter` command is missing; install util-linux")
+    # --root and --wd without a value: the target's, opened in its namespace (where /proc is
+    # mounted); a directory given here would be opened in ours.
+    return ["nsenter", f"--target={pid}", *namespace_flags(), "--root", "--wd"]
+
+
+def namespace_flags() -> list[str]:
     if os.geteuid() == 0:
-        return ["nsenter", f"--target={pid}", "--mount"]
-    return ["nsenter", f"--target={pid}", "--user", "--mount", "--preserve-credentials"]
+        return ["--mount"]
+    return ["--user", "--mount", "--preserve-credentials"]
+
+
+def fast_path_file() -> Path:
+    """Where tools/bazel looks for its fast path: keyed like Bazel's output base."""
+    return cache_root() / "fast-path" / hashlib.md5(str(WORKSPACE).encode()).hexdigest()
+
+
+def fast_path_stamp() -> str:
+    """md5 of the files whose change must send tools/bazel through this launcher again (tools/bazel
+    computes the same with `cat FILES | md5sum`)."""
+    digest = hashlib.md5()
+    for name in FAST_PATH_STAMP_FILES:
+        path = WORKSPACE / name
+        if path.exists():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def write_fast_path(root: Path, base: Path, startup: list[str]) -> None:
+    """Leaves tools/bazel what it needs to run Bazel without this launcher next time.
+
+    The file is sh variable assignments that tools/bazel sources; it checks the stamp, the
+    user's ~/.bazelrc and that the server of `base` runs in `root` before it trusts them.
+    """
+    values = {
+        "fast_stamp_files": " ".join(FAST_PATH_STAMP_FILES),
+        "fast_stamp": fast_path_stamp(),
+        "fast_user_rc": "yes" if (Path.home() / ".bazelrc").exists() else "no",
+        "fast_server_pid_file": str(base / "server" / "server.pid.txt"),
+        "fast_root": str(root),
+        "fast_namespace": " ".join(namespace_flags()),
+        "fast_path": CHROOT_PATH,
+        "fast_startup": " ".join(shlex.quote(arg) for arg in startup),
+    }
+    text = "".join(f"{name}={shlex.quote(value)}\n" for name, value in values.items())
+    target = fast_path_file()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_suffix(f".tmp{os.getpid()}")
+    temporary.write_text(text)
+    temporary.replace(target)
 
 
 def ensure_mmdebstrap() -> str:
@@ -301,7 +355,6 @@ def remote_cache_lines() -> list[str]:
         # inner tools/bazel must not look for a cache server itself (it would wait for this one).
         os.environ[NO_REMOTE_CACHE_VARIABLE] = "1"
         command = (
-            sys.executable,
             str(WORKSPACE / "tools" / "bazel"),
             "run",
             "//tools/cache:server",
@@ -350,8 +403,12 @@ def chroot_script(root: Path, binds: list[Path], workdir: Path) -> str:
     return "\n".join(lines)
 
 
+# sh -c script: $0 is the working directory, "$@" Bazel's arguments.
+ENTER_WORKDIR = 'cd "$0" && exec bazel "$@"'
+
+
 def chroot_command(root: Path, workdir: Path) -> str:
-    return f'exec chroot {shlex.quote(str(root))} sh -c \'cd "$0" && exec bazel "$@"\' {shlex.quote(str(workdir))} "$@"'
+    return f'exec chroot {shlex.quote(str(root))} sh -c {shlex.quote(ENTER_WORKDIR)} {shlex.quote(str(workdir))} "$@"'
 
 
 def installed_bazel_version(environment: Path) -> str:
@@ -398,7 +455,8 @@ def main(argv: list[str]) -> int:
         workdir = Path.cwd()
         root = environment / "root"
         output_user_root = cache / "bazel" / environment.name
-        rc = bazel_rc(cache, remote_cache_lines())
+        remote_cache = remote_cache_lines()
+        rc = bazel_rc(cache, remote_cache)
         startup = [f"--output_user_root={output_user_root}", f"--bazelrc={rc}"]
         user_rc = home / ".bazelrc"
         if user_rc.exists():
@@ -409,15 +467,24 @@ def main(argv: list[str]) -> int:
             if k not in DROPPED_VARIABLES and not k.startswith("PYENV")
         }
         env["PATH"] = CHROOT_PATH
-        server = running_server(output_base(output_user_root, argv), root)
+        base = output_base(output_user_root, argv)
+        server = running_server(base, root)
+        if not remote_cache and argv[:1] and not argv[0].startswith("-"):
+            write_fast_path(root, base, startup)
         if server:
-            namespace, script = enter_command(server), chroot_command(root, workdir)
+            command = [*enter_command(server), "sh", "-c", ENTER_WORKDIR, str(workdir)]
+            command += [*startup, *argv]
         else:
             binds = sorted({Path("/tmp"), home, WORKSPACE, cache})
-            namespace, script = namespace_command(), chroot_script(root, binds, workdir)
-        command = [*namespace, "sh", "-c", script, "tools/bazel", *startup, *argv]
+            script = chroot_script(root, binds, workdir)
+            command = [*namespace_command(), "sh", "-c", script, "tools/bazel"]
+            command += [*startup, *argv]
         os.execvpe(command[0], command, env)
     except LauncherError as error:
         print(f"tools/bazel: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -7,7 +7,8 @@ The image is //base:lambda (the Debian Python runtime, the third-party and first
 every handler shares) plus one small layer with the handler's files in /var/task. It is built
 for the platform //platforms:lambda names (linux/arm64 unless `--config=amd64`), whatever the
 host is. Besides `<name>` the macro defines `<name>.load` (`bazel run` loads it into docker or
-podman) and `push` (`bazel run` pushes it; see tools/push).
+podman) and `push` (`bazel run` pushes it; see tools/push). Both are `manual`: `bazel build
+//handlers/...` builds the images only.
 """
 
 load("//tools/oci:defs.bzl", "OciImageInfo", "oci_image", "oci_layer", "oci_load")
@@ -82,6 +83,7 @@ def lambda_image(name, srcs, handler, base = "//base:lambda", visibility = None,
         name = "push",
         image = name,
         repository = handler_name.replace("_", "-"),
-        tags = tags,
+        # Its runfiles are the image's OCI layout: written when pushing, not by every build.
+        tags = tags + ["manual"],
         visibility = visibility,
     )

@@ -124,10 +124,18 @@ def expand_param_file(argv):
 
 
 def run_main(main):
-    """Runs a tool's main(), printing UsageError as a one-line message instead of a traceback."""
+    """Runs a tool's main(), printing UsageError as a one-line message instead of a traceback.
+
+    With --persistent_worker (Bazel's worker protocol) it serves actions until stdin closes.
+    """
+    tool = os.path.basename(sys.argv[0])
+    if "--persistent_worker" in sys.argv[1:]:
+        from tools.oci import worker
+
+        worker.serve(lambda argv: main(expand_param_file(argv)), UsageError, tool)
+        return
     try:
         main(expand_param_file(sys.argv[1:]))
     except UsageError as error:
-        tool = os.path.basename(sys.argv[0])
         print(f"{tool}: error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -2,6 +2,7 @@
 
 load(":layer.bzl", "LAYER_TOOL_ATTRS", "label_text", "tar_layer")
 load(":providers.bzl", "OciImageIndexInfo", "OciImageInfo", "OciLayerInfo")
+load(":worker.bzl", "WORKER_EXECUTION_REQUIREMENTS")
 
 _TOOL_ATTRS = {
     "_image_tool": attr.label(default = "//tools/oci:image", executable = True, cfg = "exec"),
@@ -25,6 +26,7 @@ def _run_image_tool(ctx, args, inputs, outputs):
         inputs = inputs,
         outputs = outputs,
         mnemonic = "OciImage",
+        execution_requirements = WORKER_EXECUTION_REQUIREMENTS,
         progress_message = "Assembling %{label}",
         use_default_shell_env = True,
     )
@@ -47,6 +49,7 @@ def _layout_action(ctx, root, blobs, layers):
         inputs = [root] + blobs + [f for layer in layers for f in (layer.metadata, layer.blob)],
         outputs = [layout],
         mnemonic = "OciLayout",
+        execution_requirements = WORKER_EXECUTION_REQUIREMENTS,
         progress_message = "Writing OCI layout of %{label}",
         use_default_shell_env = True,
     )

@@ -2,6 +2,7 @@
 
 load("@rules_python//python:defs.bzl", "PyInfo")
 load(":providers.bzl", "OciLayerInfo")
+load(":worker.bzl", "WORKER_EXECUTION_REQUIREMENTS")
 
 BLOB_EXTENSIONS = {"gzip": ".tar.gz", "none": ".tar", "zstd": ".tar.zst"}
 
@@ -52,6 +53,7 @@ def layer_action(ctx, output_name, args, inputs, compression, created_by, commen
         inputs = inputs,
         outputs = [blob, metadata],
         mnemonic = "OciLayer",
+        execution_requirements = WORKER_EXECUTION_REQUIREMENTS,
         progress_message = "Building layer %{output}",
         # Passes --action_env, e.g. SOURCE_DATE_EPOCH, to the tool.
         use_default_shell_env = True,

@@ -1,0 +1,138 @@
+"""tools/bazel's fast path: it runs Bazel directly when launcher.py's fast-path file is valid, and
+goes through launcher.py whenever anything that file depends on has changed.
+
+Each test runs the real tools/bazel (sh) from a scratch work tree. "Bazel" is a script that
+prints its arguments and working directory; "the server" is this test process (joining its own
+mount namespace with nsenter is a no-op); `python3` on PATH is a stand-in that reports the slow
+path, so a test sees which way tools/bazel went.
+"""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import launcher
+import pytest
+
+ENTRY = Path(launcher.__file__).resolve().parent.parent / "bazel"
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    workspace = tmp_path / "workspace"
+    for name in launcher.FAST_PATH_STAMP_FILES:
+        source = ENTRY.parent.parent / name
+        (workspace / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, workspace / name)
+    (workspace / "pkg").mkdir()
+    home = tmp_path / "home"
+    home.mkdir()
+    bin_dir = tmp_path / "bin"  # the build environment's PATH
+    bin_dir.mkdir()
+    (bin_dir / "bazel").write_text('#!/bin/sh\necho "fast: $(pwd) $*"\n')
+    host_bin = tmp_path / "host-bin"  # the user's PATH
+    host_bin.mkdir()
+    (host_bin / "python3").write_text('#!/bin/sh\necho "slow: $*"\n')
+    for script in (bin_dir / "bazel", host_bin / "python3"):
+        script.chmod(0o755)
+    for tool in ("sh", "md5sum", "cat", "env", "sed", "readlink", "nsenter", "pwd"):
+        found = shutil.which(tool)
+        assert found, f"{tool} is needed by tools/bazel and must be on PATH"
+        for directory in (bin_dir, host_bin):
+            if not (directory / tool).exists():
+                (directory / tool).symlink_to(found)
+    base = tmp_path / "output_base"
+    (base / "server").mkdir(parents=True)
+    (base / "server" / "server.pid.txt").write_text(str(os.getpid()))
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setattr(launcher, "WORKSPACE", workspace)
+    monkeypatch.setattr(launcher, "CHROOT_PATH", str(bin_dir))
+    monkeypatch.setattr(Path, "home", lambda: home)
+    root = Path(os.readlink("/proc/self/root"))
+    launcher.write_fast_path(root, base, ["--output_user_root=/x y", "--bazelrc=/rc"])
+
+    def run(*args, env=None, cwd=workspace):
+        environment = {
+            "PATH": str(host_bin),
+            "HOME": str(home),
+            "XDG_CACHE_HOME": str(cache),
+            "XDG_CONFIG_HOME": str(tmp_path / "config"),
+            **(env or {}),
+        }
+        result = subprocess.run(
+            [workspace / "tools" / "bazel", *args],
+            cwd=cwd,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    return workspace, base, tmp_path, run
+
+
+def test_valid_fast_path_runs_bazel_directly_in_the_working_directory(setup):
+    workspace, _, _, run = setup
+    assert run("build", "//...") == (
+        f"fast: {workspace} --output_user_root=/x y --bazelrc=/rc build //..."
+    )
+    assert run("info", cwd=workspace / "pkg").startswith(f"fast: {workspace}/pkg ")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [".bazelversion", "tools/buildenv/packages.txt", "tools/buildenv/launcher.py"],
+)
+def test_a_changed_stamp_file_goes_through_the_launcher(setup, name):
+    workspace, _, _, run = setup
+    with open(workspace / name, "a") as changed:
+        changed.write("\n")
+    assert run("build", "//...") == (
+        f"slow: {workspace}/tools/buildenv/launcher.py build //..."
+    )
+
+
+def test_no_running_server_goes_through_the_launcher(setup):
+    _, base, _, run = setup
+    (base / "server" / "server.pid.txt").unlink()
+    assert run("build").startswith("slow: ")
+
+
+def test_a_server_in_another_root_goes_through_the_launcher(setup, tmp_path):
+    _, base, _, run = setup
+    sleeper = subprocess.Popen(["sleep", "60"])  # a process whose root is not fast_root
+    try:
+        launcher.write_fast_path(tmp_path / "elsewhere", base, [])
+        (base / "server" / "server.pid.txt").write_text(str(sleeper.pid))
+        assert run("build").startswith("slow: ")
+    finally:
+        sleeper.kill()
+        sleeper.wait(timeout=30)
+
+
+def test_remote_cache_settings_go_through_the_launcher(setup):
+    _, _, tmp_path, run = setup
+    assert run("build", env={"BAZEL_CACHE_S3_BUCKET": "b"}).startswith("slow: ")
+    config = tmp_path / "config" / "bazel-s3-cache" / "config"
+    config.parent.mkdir(parents=True)
+    config.write_text("BAZEL_CACHE_S3_BUCKET=b\n")
+    assert run("build").startswith("slow: ")
+
+
+def test_startup_options_and_host_bazel_go_through_the_launcher(setup):
+    _, _, _, run = setup
+    assert run("--output_base=/o", "build").startswith("slow: ")
+    assert run("--buildenv-info").startswith("slow: ")
+    assert run("build", env={"BUILDENV_HOST_BAZEL": "/b"}).startswith("slow: ")
+
+
+def test_a_new_user_bazelrc_goes_through_the_launcher(setup):
+    _, _, tmp_path, run = setup
+    (tmp_path / "home" / ".bazelrc").write_text("build --jobs=1\n")
+    assert run("build").startswith("slow: ")
