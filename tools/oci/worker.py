@@ -28,9 +28,11 @@ def handle(request, main, usage_error, tool_name):
         return 2, output.getvalue() + f"{tool_name}: error: {error}\n"
     except SystemExit as error:
         code = error.code if isinstance(error.code, int) else 1
-        message = "" if isinstance(error.code, int) or error.code is None else str(error.code)
+        message = (
+            "" if isinstance(error.code, int) or error.code is None else str(error.code)
+        )
         return code, output.getvalue() + message
-    except Exception:
+    except Exception:  # noqa: BLE001 - a failed action, reported to Bazel; the worker lives on
         return 1, output.getvalue() + traceback.format_exc()
 
 
