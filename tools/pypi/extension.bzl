@@ -32,12 +32,24 @@ def _requirement_lines(text):
     return sorted([line for line in lines if line])
 
 def _wheel_repo_impl(rctx):
-    filename = rctx.attr.url.rsplit("/", 1)[-1]
-    rctx.download(url = rctx.attr.url, output = filename, sha256 = rctx.attr.sha256)
-    result = rctx.execute(["python3", rctx.path(rctx.attr._installer), filename, "."])
-    if result.return_code != 0:
-        fail("installing %s failed:\n%s" % (filename, result.stderr))
-    rctx.delete(filename)
+    # Most wheels are a site-packages tree as they are: Bazel unpacks them itself, which is much
+    # faster than starting an installer per wheel (a cold image build fetches ~90 wheels).
+    # Wheels with a `<dist>.data` directory (scripts, purelib/platlib) are laid out by the
+    # installer instead, as PEP 427 says.
+    rctx.download_and_extract(
+        url = rctx.attr.url,
+        sha256 = rctx.attr.sha256,
+        type = "zip",
+        output = "site-packages",
+    )
+    if [entry for entry in rctx.path("site-packages").readdir() if entry.basename.endswith(".data")]:
+        filename = rctx.attr.url.rsplit("/", 1)[-1]
+        rctx.delete("site-packages")
+        rctx.download(url = rctx.attr.url, output = filename, sha256 = rctx.attr.sha256)
+        result = rctx.execute(["python3", rctx.path(rctx.attr._installer), filename, "."])
+        if result.return_code != 0:
+            fail("installing %s failed:\n%s" % (filename, result.stderr))
+        rctx.delete(filename)
     rctx.file("BUILD.bazel", """\
 load("@rules_python//python:defs.bzl", "py_library")
 
