@@ -8,12 +8,16 @@
 
 Works in a copy of the work tree (at another path, so the edit below never touches the real
 handler.py and nobody else's build sees it) with its own fresh output base and no disk or remote
-cache, and measures:
-  cold      `bazel build` of the six //handlers/<name>:image targets: Bazel server start, external
+cache, and measures (wall clock, through tools/bazel as people run it):
+  cold      `bazel build //handlers/...` (the six images): Bazel server start, external
             repositories set up from the repository cache (wheels and .debs already downloaded,
-            unless --empty-repository-cache), analysis, and every action;
-  no-op     the same command again;
-  edit      after appending a comment line to handlers/list_pending_batches/handler.py;
+            unless --empty-repository-cache), analysis, and every action; with --profile, and
+            `bazel analyze-profile`'s phase summary (where the time goes);
+  no-op     the same command again (median of --runs);
+  edit      after appending a comment line to handlers/list_pending_batches/handler.py (median
+            of --runs, a different line each time);
+  overhead  `tools/bazel info server_pid`, and the same Bazel client command run directly in the
+            server's namespace: the difference is what tools/bazel adds (medians);
 then the compressed and uncompressed size of every layer, the unique bytes of all six images
 against the sum of their sizes, and runs bench/oci/compress.py (the layer compressor against
 `gzip -6`) on the largest layer's tar. Prints markdown tables. Not a test.
@@ -24,6 +28,8 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,10 +61,8 @@ FRESH_FLAGS = [
 IMAGE_INFO = '"//tools/oci/private:providers.bzl%OciImageInfo"'
 
 
-def bazel(
-    workspace: Path, startup: list[str], *args: str, capture: bool = False
-) -> subprocess.CompletedProcess:
-    command = [str(workspace / "tools" / "bazel"), *startup, *args]
+def bazel(workspace: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [str(workspace / "tools" / "bazel"), *args]
     result = subprocess.run(
         command, cwd=workspace, capture_output=True, text=True, check=False
     )
@@ -69,34 +73,81 @@ def bazel(
     return result
 
 
-def timed_build(
-    workspace: Path, startup: list[str], flags: list[str]
-) -> tuple[float, str]:
-    """Wall time of one build and Bazel's 'N processes: ...' summary line."""
+def timed(command: list[str], cwd: Path) -> tuple[float, str]:
     started = time.monotonic()
-    result = bazel(workspace, startup, "build", *flags, *IMAGES)
+    result = subprocess.run(
+        command, cwd=cwd, capture_output=True, text=True, check=False
+    )
     elapsed = time.monotonic() - started
-    summary = next(
-        (
-            line.removeprefix("INFO: ")
-            for line in result.stderr.splitlines()
-            if re.match(r"INFO: \d+ process", line)
-        ),
-        "?",
+    if result.returncode != 0:
+        sys.exit(f"`{' '.join(command[:4])} ...` failed:\n{result.stderr[-4000:]}")
+    return elapsed, result.stderr
+
+
+def timed_build(workspace: Path, flags: list[str]) -> tuple[float, str]:
+    """Wall time of one `tools/bazel build //handlers/...` and Bazel's summary lines."""
+    elapsed, stderr = timed(
+        [str(workspace / "tools" / "bazel"), "build", *flags, "//handlers/..."],
+        workspace,
+    )
+    summary = "; ".join(
+        line.removeprefix("INFO: ")
+        for line in stderr.splitlines()
+        if re.match(r"INFO: (\d+ process|Elapsed time)", line)
     )
     return elapsed, summary
 
 
-def image_layers(
-    workspace: Path, startup: list[str], flags: list[str]
-) -> dict[str, list[Path]]:
-    """{handler: [layer blob paths, base first]} from the images' OciImageInfo."""
-    execroot = Path(
-        bazel(workspace, startup, "info", *flags, "execution_root").stdout.strip()
+def direct_bazel_command(workspace: Path) -> list[str]:
+    """The Bazel client in the running server's namespace, without tools/bazel: what its fast
+    path finally execs (tools/buildenv/launcher.py write_fast_path)."""
+    sys.path.insert(0, str(workspace / "tools" / "buildenv"))
+    import launcher
+
+    launcher.WORKSPACE = workspace
+    values = dict(
+        line.split("=", 1)
+        for line in launcher.fast_path_file().read_text().splitlines()
     )
+    values = {
+        name: shlex.split(value)[0] if value else "" for name, value in values.items()
+    }
+    pid = Path(values["fast_server_pid_file"]).read_text().strip()
+    return [
+        "nsenter",
+        f"--target={pid}",
+        *values["fast_namespace"].split(),
+        "--root",
+        "--wd",
+        "sh",
+        "-c",
+        launcher.ENTER_WORKDIR,
+        str(workspace),
+        *shlex.split(values["fast_startup"]),
+    ]
+
+
+def median_of(runs: int, measure) -> tuple[float, str]:
+    results = [measure(run) for run in range(runs)]
+    times = sorted(seconds for seconds, _ in results)
+    return statistics.median(times), f"{runs} runs, {times[0]:.2f}-{times[-1]:.2f} s"
+
+
+def profile_summary(workspace: Path, profile: Path) -> str:
+    """The phase and critical-path lines of `bazel analyze-profile`."""
+    result = bazel(workspace, "analyze-profile", str(profile))
+    keep = re.compile(
+        r"(phase|Total|critical path|Critical Path|Action )", re.IGNORECASE
+    )
+    lines = (result.stdout + result.stderr).splitlines()
+    return "\n".join(line for line in lines if keep.search(line) and "INFO" not in line)
+
+
+def image_layers(workspace: Path, flags: list[str]) -> dict[str, list[Path]]:
+    """{handler: [layer blob paths, base first]} from the images' OciImageInfo."""
+    execroot = Path(bazel(workspace, "info", *flags, "execution_root").stdout.strip())
     listing = bazel(
         workspace,
-        startup,
         "cquery",
         *flags,
         " + ".join(IMAGES),
@@ -143,13 +194,15 @@ def main() -> int:
         default=sys.executable,
         help="python3 with isal and zstandard",
     )
+    parser.add_argument(
+        "--runs", type=int, default=5, help="runs per warm measurement (median)"
+    )
     parser.add_argument("--tmpdir", default="/tmp")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-images-", dir=args.tmpdir))
     workspace = scratch / "work-tree"
-    startup = [f"--output_base={scratch / 'output_base'}"]
     flags = FRESH_FLAGS + args.bazel_flag
     if args.empty_repository_cache:
         flags.append(f"--repository_cache={scratch / 'repository_cache'}")
@@ -160,14 +213,15 @@ def main() -> int:
         )
         rows = []
         cache = (
-            "empty repository cache"
+            "empty repository cache, downloads included"
             if args.empty_repository_cache
-            else "wheels and .debs in the repository cache"
+            else "repository cache warm"
         )
+        profile = scratch / "cold.profile.gz"
         rows.append(
             (
-                f"cold build of the six images (fresh output base, {cache})",
-                *timed_build(workspace, startup, flags),
+                f"cold: fresh output base, {cache}",
+                *timed_build(workspace, [*flags, f"--profile={profile}"]),
             )
         )
         if args.empty_repository_cache:
@@ -179,28 +233,52 @@ def main() -> int:
             print(
                 f"the cold build downloaded {size_text(downloaded)} into the empty repository cache"
             )
-        rows.append(("no-op rebuild", *timed_build(workspace, startup, flags)))
-        edited = workspace / EDITED
-        original = edited.read_text()
-        edited.write_text(original + "# benchmark edit\n")
+        print(
+            "where the cold build's time goes (bazel analyze-profile):\n"
+            + profile_summary(workspace, profile)
+            + "\n"
+        )
         rows.append(
             (
-                "rebuild after a comment added to list_pending_batches/handler.py",
-                *timed_build(workspace, startup, flags),
+                "no-op build",
+                *median_of(args.runs, lambda _: timed_build(workspace, flags)),
+            )
+        )
+        edited = workspace / EDITED
+        original = edited.read_text()
+
+        def edit_and_build(run: int) -> tuple[float, str]:
+            edited.write_text(original + f"# benchmark edit {run}\n")
+            return timed_build(workspace, flags)
+
+        rows.append(
+            (
+                "one handler.py edited, then build",
+                *median_of(args.runs, edit_and_build),
             )
         )
         edited.write_text(original)
-        rows.append(
-            (
-                "rebuild after restoring the file",
-                *timed_build(workspace, startup, flags),
-            )
+        timed_build(workspace, flags)
+        entry = [str(workspace / "tools" / "bazel"), "info", "server_pid"]
+        launcher_time, launcher_runs = median_of(
+            args.runs * 2, lambda _: timed(entry, workspace)
         )
-        print("| build | wall time | actions |\n| --- | ---: | --- |")
+        direct = [*direct_bazel_command(workspace), "info", "server_pid"]
+        direct_time, direct_runs = median_of(
+            args.runs * 2, lambda _: timed(direct, workspace)
+        )
+        rows.append(("`tools/bazel info server_pid`", launcher_time, launcher_runs))
+        rows.append(
+            ("the same Bazel client command, run directly", direct_time, direct_runs)
+        )
+        rows.append(
+            ("`tools/bazel` overhead (the difference)", launcher_time - direct_time, "")
+        )
+        print("| step | wall time | details |\n| --- | ---: | --- |")
         for what, seconds, summary in rows:
-            print(f"| {what} | {seconds:.1f} s | {summary} |")
+            print(f"| {what} | {seconds:.2f} s | {summary} |")
 
-        layers = image_layers(workspace, startup, flags)
+        layers = image_layers(workspace, flags)
         assert sorted(layers) == HANDLERS, sorted(layers)
         names = [
             "Debian runtime",
@@ -276,12 +354,20 @@ def main() -> int:
         if args.keep:
             print(f"kept {scratch}")
         else:
-            if (scratch / "output_base").exists():
-                subprocess.run(
-                    [str(workspace / "tools" / "bazel"), *startup, "shutdown"],
-                    cwd=workspace,
-                    check=False,
-                )
+            info = subprocess.run(
+                [str(workspace / "tools" / "bazel"), "info", "output_base"],
+                cwd=workspace,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            subprocess.run(
+                [str(workspace / "tools" / "bazel"), "shutdown"],
+                cwd=workspace,
+                check=False,
+            )
+            if info.returncode == 0:
+                remove_tree(Path(info.stdout.strip()))
             remove_tree(scratch)
     return 0
 
