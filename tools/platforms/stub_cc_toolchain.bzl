@@ -1,8 +1,9 @@
 """A C++ toolchain config that compiles nothing.
 
 Bazel's Python rules ask for a C++ toolchain of the target platform even when no C++ is built.
-For linux/arm64 targets the host has none, and none is needed: every native file in the images
-comes from a pinned wheel or .deb. Compiling anything with it fails.
+None is needed: every native file in the images and tests comes from a pinned wheel or .deb.
+For linux/arm64 the host has no compiler; for the host itself, detecting one (cc_configure)
+costs about a second of every cold build for nothing. Compiling anything with it fails.
 """
 
 def _stub_cc_toolchain_config_impl(ctx):
