@@ -13,7 +13,7 @@ import uuid
 import pytest
 from harness import BUCKET, TEST_CREDENTIALS, CacheServer, MotoS3, free_port, sha256
 
-from tools.cache.server import ActionResult
+from tools.cache.cache_server.action_result import ActionResult
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,182 @@
+"""Bazel's HTTP remote cache protocol (GET/HEAD/PUT /ac/<sha256>, /cas/<sha256>) and /status."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import logging
+import os
+import re
+import time
+from urllib.parse import urlsplit
+
+from .blob_cache import BlobCache
+from .errors import CHUNK_SIZE, MAX_ACTION_RESULT_BYTES, SERVICE_NAME, BadRequest
+from .stats import Stats
+
+log = logging.getLogger("s3cache")
+# Bazel appends /ac/<hash> or /cas/<hash> to the path of --remote_cache, so accept any prefix.
+BLOB_PATH = re.compile(r"^(?:/.*)?/(ac|cas)/([0-9a-f]{64})$")
+
+
+class CacheRequestHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: Bazel reuses a pool of connections
+    server_version = "bazel-s3-cache/1"
+    timeout = 900  # idle keep-alive connections are closed after this
+
+    @property
+    def cache(self) -> BlobCache:
+        return self.server.cache
+
+    def log_message(self, format, *args):
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def do_GET(self):
+        self._serve(send_body=True)
+
+    def do_HEAD(self):
+        self._serve(send_body=False)
+
+    def _serve(self, send_body: bool) -> None:
+        path = urlsplit(self.path).path
+        if path == "/status":
+            body = (
+                json.dumps(self.server.status(), indent=2, sort_keys=True).encode()
+                + b"\n"
+            )
+            return self._respond(
+                200, body if send_body else b"", "application/json", len(body)
+            )
+        match = BLOB_PATH.match(path)
+        if not match:
+            return self._respond(
+                404, b"not a cache path: use /ac/<sha256> or /cas/<sha256>\n"
+            )
+        kind, digest = match.groups()
+        if not send_body:
+            size = self.cache.size(kind, digest)
+            return (
+                self._respond(404) if size is None else self._respond(200, length=size)
+            )
+        blob = self.cache.open(kind, digest)
+        if blob is None:
+            return self._respond(404)
+        with blob:
+            size = os.fstat(blob.fileno()).st_size
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            try:
+                sent = self.connection.sendfile(blob, 0, size) if size else 0
+            except OSError as error:  # the client went away; nothing to repair
+                log.debug("sending %s/%s stopped: %s", kind, digest, error)
+                self.close_connection = True
+                return
+            self.server.stats.add("bytes_out", sent)
+
+    def do_PUT(self):
+        match = BLOB_PATH.match(urlsplit(self.path).path)
+        if not match:
+            self.close_connection = True
+            return self._respond(400, b"PUT only to /ac/<sha256> or /cas/<sha256>\n")
+        kind, digest = match.groups()
+        chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+        length = self.headers.get("Content-Length")
+        if not chunked and (length is None or not length.isdigit()):
+            self.close_connection = True
+            return self._respond(
+                411, b"PUT needs a Content-Length or chunked encoding\n"
+            )
+        if kind == "ac" and not chunked and int(length) > MAX_ACTION_RESULT_BYTES:
+            self.close_connection = True
+            self.server.stats.add("rejected_puts")
+            return self._respond(413, b"an action-cache entry is at most 16 MiB\n")
+        body = self._chunked_body() if chunked else self._sized_body(int(length))
+        try:
+            size = self.cache.put(kind, digest, body)
+        except BadRequest as error:
+            self.server.stats.add("rejected_puts")
+            log.warning("rejected PUT /%s/%s: %s", kind, digest, error)
+            self.close_connection = (
+                chunked  # a malformed chunked body may be left unread
+            )
+            return self._respond(400, f"{error}\n".encode())
+        except (ConnectionError, TimeoutError, EOFError) as error:
+            log.info("PUT /%s/%s abandoned by the client: %s", kind, digest, error)
+            self.close_connection = True
+            return None
+        except OSError as error:
+            # A full disk, say: the build goes on without this entry.
+            log.error("cannot store %s/%s: %s", kind, digest, error)
+            self.close_connection = True  # the rest of the body is unread
+            return self._respond(500, f"cannot store: {error}\n".encode())
+        self.server.stats.add("bytes_in", size)
+        self._respond(200)
+
+    def _sized_body(self, length: int):
+        remaining = length
+        while remaining:
+            chunk = self.rfile.read(min(CHUNK_SIZE, remaining))
+            if not chunk:
+                raise EOFError(f"body ended {remaining} bytes early")
+            remaining -= len(chunk)
+            yield chunk
+
+    def _chunked_body(self):
+        while True:
+            line = self.rfile.readline(1024)
+            if not line:
+                raise EOFError("chunked body ended early")
+            try:
+                size = int(line.split(b";")[0].strip(), 16)
+            except ValueError:
+                raise BadRequest(f"malformed chunk size line {line[:40]!r}") from None
+            if size == 0:
+                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                    pass
+                return
+            yield from self._sized_body(size)
+            self.rfile.readline(3)
+
+    def _respond(
+        self, status: int, body: bytes = b"", content_type="text/plain", length=None
+    ):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body) if length is None else length))
+        self.end_headers()
+        if body:
+            self.wfile.write(body)
+
+
+class CacheHTTPServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+
+    def __init__(
+        self, address, cache, stats: Stats, describe_s3: dict, instance_id: str
+    ):
+        super().__init__(address, CacheRequestHandler)
+        self.instance_id = instance_id
+        self.cache = cache
+        self.stats = stats
+        self._describe_s3 = describe_s3
+        self._started = time.monotonic()
+
+    def status(self) -> dict:
+        s3 = dict(self._describe_s3)
+        if self.cache.s3 is not None:
+            s3["circuit"] = self.cache.s3.breaker.state
+        uploads = self.cache.uploader.status() if self.cache.uploader else None
+        return {
+            "service": SERVICE_NAME,
+            "instance_id": self.instance_id,
+            "pid": os.getpid(),
+            "uptime_seconds": round(time.monotonic() - self._started, 1),
+            "totals": self.stats.snapshot(),
+            "last_minute": self.stats.last_minute,
+            "disk": self.cache.disk.status(),
+            "s3": s3,
+            "uploads": uploads,
+        }
