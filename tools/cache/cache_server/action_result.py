@@ -1,12 +1,12 @@
-"""ActionResult: its schema (built in code, no protoc) and the checks on an action-cache entry."""
+"""ActionResult and Tree: their schema (built in code, no protoc) and the checks on them."""
 
 from __future__ import annotations
 
 from .errors import SHA256_HEX, BadRequest
 
 
-def _build_action_result_class():
-    """Builds the ActionResult message class from a descriptor defined here (no protoc needed).
+def _build_message_classes(names: tuple[str, ...]):
+    """Builds message classes from descriptors defined here (no protoc needed).
 
     Field numbers and types follow build/bazel/remote/execution/v2/remote_execution.proto; the
     google.protobuf well-known types it uses are replaced by local messages with the same wire
@@ -75,6 +75,26 @@ def _build_action_result_class():
             ("auxiliary_metadata", 11, "repeated Any"),
             ("virtual_execution_duration", 12, "Timestamp"),
         ],
+        # An output directory's tree_digest names a Tree: the root Directory and all below it.
+        "FileNode": [
+            ("name", 1, "string"),
+            ("digest", 2, "Digest"),
+            ("is_executable", 4, "bool"),
+            ("node_properties", 6, "NodeProperties"),
+        ],
+        "DirectoryNode": [("name", 1, "string"), ("digest", 2, "Digest")],
+        "SymlinkNode": [
+            ("name", 1, "string"),
+            ("target", 2, "string"),
+            ("node_properties", 4, "NodeProperties"),
+        ],
+        "Directory": [
+            ("files", 1, "repeated FileNode"),
+            ("directories", 2, "repeated DirectoryNode"),
+            ("symlinks", 3, "repeated SymlinkNode"),
+            ("node_properties", 5, "NodeProperties"),
+        ],
+        "Tree": [("root", 1, "Directory"), ("children", 2, "repeated Directory")],
         "ActionResult": [
             ("output_files", 2, "repeated OutputFile"),
             ("output_directories", 3, "repeated OutputDirectory"),
@@ -109,15 +129,19 @@ def _build_action_result_class():
                 field.type_name = f".{package}.{type_name}"
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file_proto)
-    descriptor = pool.FindMessageTypeByName(f"{package}.ActionResult")
-    if hasattr(message_factory, "GetMessageClass"):
-        return message_factory.GetMessageClass(descriptor)
-    return message_factory.MessageFactory(pool).GetPrototype(
-        descriptor
-    )  # protobuf < 4.22
+    classes = []
+    for name in names:
+        descriptor = pool.FindMessageTypeByName(f"{package}.{name}")
+        if hasattr(message_factory, "GetMessageClass"):
+            classes.append(message_factory.GetMessageClass(descriptor))
+        else:  # protobuf < 4.22
+            classes.append(
+                message_factory.MessageFactory(pool).GetPrototype(descriptor)
+            )
+    return classes
 
 
-ActionResult = _build_action_result_class()
+ActionResult, Tree = _build_message_classes(("ActionResult", "Tree"))
 
 
 def parse_action_result(data: bytes):
@@ -168,6 +192,27 @@ def referenced_blobs(result) -> list[str]:
     digests += [output.tree_digest for output in result.output_directories]
     digests += [result.stdout_digest, result.stderr_digest]
     return sorted({digest.hash for digest in digests if digest.size_bytes > 0})
+
+
+def tree_files(data: bytes) -> list[str]:
+    """CAS keys of the non-empty files an output directory's Tree lists.
+
+    Raises BadRequest when `data` is not a Tree or names a file by an invalid digest.
+    """
+    from google.protobuf.message import DecodeError
+
+    tree = Tree()
+    try:
+        tree.ParseFromString(data)
+    except DecodeError as error:
+        raise BadRequest(f"not a protobuf Tree: {error}") from None
+    keys = set()
+    for directory in (tree.root, *tree.children):
+        for file in directory.files:
+            _check_digest(file.digest, f"tree file {file.name!r}")
+            if file.digest.size_bytes > 0:
+                keys.add(file.digest.hash)
+    return sorted(keys)
 
 
 def _check_output_path(path: str, allow_empty: bool) -> None:

@@ -9,9 +9,20 @@ import logging
 import os
 import threading
 
-from .action_result import ActionResult, parse_action_result, referenced_blobs
+from .action_result import (
+    ActionResult,
+    parse_action_result,
+    referenced_blobs,
+    tree_files,
+)
 from .disk_tier import DiskTier
-from .errors import CHUNK_SIZE, MAX_ACTION_RESULT_BYTES, BadRequest, S3Unavailable
+from .errors import (
+    CHUNK_SIZE,
+    MAX_ACTION_RESULT_BYTES,
+    BadRequest,
+    S3Unavailable,
+    TooLarge,
+)
 from .s3_tier import S3Store
 from .uploader import Uploader
 
@@ -39,6 +50,11 @@ class KeyedLocks:
                 if entry[1] == 0:
                     del self._locks[key]
 
+    def waiting(self) -> int:
+        """How many callers wait for another's hold on the same key (e.g. its S3 fetch)."""
+        with self._lock:
+            return sum(count - 1 for _, count in self._locks.values())
+
 
 class BlobCache:
     def __init__(
@@ -48,22 +64,35 @@ class BlobCache:
         self.s3 = s3
         self.uploader = uploader
         self.stats = stats
-        self._fetching = KeyedLocks()
+        self.fetching = KeyedLocks()
         self._head_requests = concurrent.futures.ThreadPoolExecutor(max_workers=16)
 
     def open(self, kind: str, digest: str):
         """A verified blob opened for reading, positioned at its start, or None on a miss."""
-        blob = self._open_from_disk(kind, digest)
-        if blob is None and self.s3 is not None:
-            with self._fetching.hold(f"{kind}/{digest}"):
-                blob = self._open_from_disk(kind, digest) or self._fetch_from_s3(
-                    kind, digest
-                )
+        blob, tier = self._open_verified(kind, digest)
+        self.stats.add(f"{kind}_disk_{'hits' if tier == 'disk' else 'misses'}")
+        if self.s3 is not None and tier != "disk":
+            self.stats.add(f"{kind}_s3_{'hits' if tier == 's3' else 'misses'}")
         if blob is not None and kind == "ac" and not self._outputs_available(blob):
             blob.close()
             blob = None
         self.stats.add(f"{kind}_hits" if blob else f"{kind}_misses")
         return blob
+
+    def _open_verified(self, kind: str, digest: str):
+        """(blob, "disk" or "s3") for a verified blob, or (None, None)."""
+        blob = self._open_from_disk(kind, digest)
+        if blob is not None:
+            return blob, "disk"
+        if self.s3 is None:
+            return None, None
+        # Single flight: concurrent misses of one key wait for one S3 fetch, then read the disk.
+        with self.fetching.hold(f"{kind}/{digest}"):
+            blob = self._open_from_disk(kind, digest)
+            if blob is not None:
+                return blob, "disk"
+            blob = self._fetch_from_s3(kind, digest)
+            return (blob, "s3") if blob is not None else (None, None)
 
     def size(self, kind: str, digest: str) -> int | None:
         """The blob's size if the cache has it (not verified: HEAD must stay cheap)."""
@@ -90,7 +119,7 @@ class BlobCache:
                 )
             if kind == "ac":
                 if size > MAX_ACTION_RESULT_BYTES:
-                    raise BadRequest("an action-cache entry is at most 16 MiB")
+                    raise TooLarge(MAX_ACTION_RESULT_BYTES, "an action-cache entry")
                 with open(temp.name, "rb") as stored:
                     parse_action_result(stored.read())
             if self.uploader is not None:
@@ -152,14 +181,39 @@ class BlobCache:
                 os.unlink(temp.name)
 
     def _outputs_available(self, blob) -> bool:
-        """An action-cache hit is only useful if every blob it points to can be fetched."""
+        """An action-cache hit is only useful if every blob it points to can be fetched.
+
+        That includes each file listed by the Tree of each output directory: the trees are
+        read (from disk, or fetched from S3 onto disk, where the client will want them next).
+        """
         result = ActionResult()
         result.ParseFromString(blob.read())
         blob.seek(0)
+        if not self._all_available(referenced_blobs(result)):
+            return False
+        files: set[str] = set()
+        for output in result.output_directories:
+            if output.tree_digest.size_bytes == 0:
+                continue
+            tree, _ = self._open_verified("cas", output.tree_digest.hash)
+            if tree is None:
+                return False
+            with tree:
+                try:
+                    files.update(tree_files(tree.read()))
+                except BadRequest as error:
+                    log.warning(
+                        "action-cache entry names tree %s for %r, which is unusable: %s",
+                        output.tree_digest.hash,
+                        output.path,
+                        error,
+                    )
+                    return False
+        return self._all_available(sorted(files))
+
+    def _all_available(self, digests: list[str]) -> bool:
         not_on_disk = [
-            digest
-            for digest in referenced_blobs(result)
-            if self.disk.size("cas", digest) is None
+            digest for digest in digests if self.disk.size("cas", digest) is None
         ]
         if not not_on_disk:
             return True

@@ -15,6 +15,14 @@ class BadRequest(Exception):
     """The client sent something the cache refuses to store; the message says why."""
 
 
+class TooLarge(BadRequest):
+    """A body larger than the cache stores for its kind (HTTP 413)."""
+
+    def __init__(self, limit_bytes: int, what: str):
+        super().__init__(f"{what} is at most {limit_bytes} bytes: not stored")
+        self.bytes = limit_bytes
+
+
 class S3Unavailable(Exception):
     """S3 could not answer (error, timeout or open circuit): callers treat it as a miss."""
 

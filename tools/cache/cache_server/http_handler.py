@@ -11,12 +11,22 @@ import time
 from urllib.parse import urlsplit
 
 from .blob_cache import BlobCache
-from .errors import CHUNK_SIZE, MAX_ACTION_RESULT_BYTES, SERVICE_NAME, BadRequest
+from .errors import (
+    CHUNK_SIZE,
+    MAX_ACTION_RESULT_BYTES,
+    SERVICE_NAME,
+    BadRequest,
+    TooLarge,
+)
 from .stats import Stats
 
 log = logging.getLogger("s3cache")
 # Bazel appends /ac/<hash> or /cas/<hash> to the path of --remote_cache, so accept any prefix.
 BLOB_PATH = re.compile(r"^(?:/.*)?/(ac|cas)/([0-9a-f]{64})$")
+# A chunk size is hex digits only: int(x, 16) alone would also take "-1", "+1", " 1" or "0x1".
+CHUNK_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\r\n]*)?\r?\n")
+MAX_CHUNK_LINE = 1024
+MAX_TRAILER_LINES = 64
 
 
 class CacheRequestHandler(http.server.BaseHTTPRequestHandler):
@@ -88,20 +98,22 @@ class CacheRequestHandler(http.server.BaseHTTPRequestHandler):
             return self._respond(
                 411, b"PUT needs a Content-Length or chunked encoding\n"
             )
-        if kind == "ac" and not chunked and int(length) > MAX_ACTION_RESULT_BYTES:
-            self.close_connection = True
+        limit = self._size_limit(kind)
+        if not chunked and int(length) > limit.bytes:
+            self.close_connection = True  # the body is left unread
             self.server.stats.add("rejected_puts")
-            return self._respond(413, b"an action-cache entry is at most 16 MiB\n")
+            return self._respond(413, f"{limit}\n".encode())
         body = self._chunked_body() if chunked else self._sized_body(int(length))
         try:
-            size = self.cache.put(kind, digest, body)
+            size = self.cache.put(kind, digest, _at_most(body, limit))
         except BadRequest as error:
             self.server.stats.add("rejected_puts")
             log.warning("rejected PUT /%s/%s: %s", kind, digest, error)
-            self.close_connection = (
-                chunked  # a malformed chunked body may be left unread
-            )
-            return self._respond(400, f"{error}\n".encode())
+            too_large = isinstance(error, TooLarge)
+            # A sized body was read to its end (unless too large); a chunked one may not be.
+            self.close_connection = chunked or too_large
+            status = 413 if too_large else 400
+            return self._respond(status, f"{error}\n".encode())
         except (ConnectionError, TimeoutError, EOFError) as error:
             log.info("PUT /%s/%s abandoned by the client: %s", kind, digest, error)
             self.close_connection = True
@@ -114,6 +126,14 @@ class CacheRequestHandler(http.server.BaseHTTPRequestHandler):
         self.server.stats.add("bytes_in", size)
         self._respond(200)
 
+    def _size_limit(self, kind: str) -> TooLarge:
+        if kind == "ac":
+            return TooLarge(MAX_ACTION_RESULT_BYTES, "an action-cache entry")
+        # A larger blob would evict the whole disk tier and then itself.
+        return TooLarge(
+            self.cache.disk.limit_bytes, "a CAS blob (the disk tier's limit)"
+        )
+
     def _sized_body(self, length: int):
         remaining = length
         while remaining:
@@ -125,19 +145,33 @@ class CacheRequestHandler(http.server.BaseHTTPRequestHandler):
 
     def _chunked_body(self):
         while True:
-            line = self.rfile.readline(1024)
+            line = self.rfile.readline(MAX_CHUNK_LINE)
             if not line:
                 raise EOFError("chunked body ended early")
-            try:
-                size = int(line.split(b";")[0].strip(), 16)
-            except ValueError:
-                raise BadRequest(f"malformed chunk size line {line[:40]!r}") from None
+            match = CHUNK_SIZE_LINE.fullmatch(line)
+            if not match:
+                raise BadRequest(
+                    f"malformed chunk size line {line[:40]!r}: expected 1 to 16 hex digits, "
+                    "optional ;extensions, then CRLF"
+                )
+            size = int(match.group(1), 16)
             if size == 0:
-                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                    pass
-                return
+                return self._skip_trailers()
             yield from self._sized_body(size)
-            self.rfile.readline(3)
+            end = self.rfile.readline(3)
+            if not end:
+                raise EOFError("chunked body ended early")
+            if end not in (b"\r\n", b"\n"):
+                raise BadRequest(f"chunk data not followed by CRLF but {end!r}")
+
+    def _skip_trailers(self) -> None:
+        for _ in range(MAX_TRAILER_LINES):
+            line = self.rfile.readline(MAX_CHUNK_LINE)
+            if line in (b"\r\n", b"\n", b""):
+                return
+            if not line.endswith(b"\n"):
+                raise BadRequest(f"malformed trailer line {line[:40]!r}")
+        raise BadRequest(f"more than {MAX_TRAILER_LINES} trailer lines")
 
     def _respond(
         self, status: int, body: bytes = b"", content_type="text/plain", length=None
@@ -148,6 +182,16 @@ class CacheRequestHandler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if body:
             self.wfile.write(body)
+
+
+def _at_most(chunks, limit: TooLarge):
+    """The body's chunks; raises `limit` once they add up to more than it allows."""
+    total = 0
+    for chunk in chunks:
+        total += len(chunk)
+        if total > limit.bytes:
+            raise limit
+        yield chunk
 
 
 class CacheHTTPServer(http.server.ThreadingHTTPServer):
@@ -168,6 +212,7 @@ class CacheHTTPServer(http.server.ThreadingHTTPServer):
         s3 = dict(self._describe_s3)
         if self.cache.s3 is not None:
             s3["circuit"] = self.cache.s3.breaker.state
+            s3["requests_waiting_for_a_shared_fetch"] = self.cache.fetching.waiting()
         uploads = self.cache.uploader.status() if self.cache.uploader else None
         return {
             "service": SERVICE_NAME,
@@ -176,6 +221,7 @@ class CacheHTTPServer(http.server.ThreadingHTTPServer):
             "uptime_seconds": round(time.monotonic() - self._started, 1),
             "totals": self.stats.snapshot(),
             "last_minute": self.stats.last_minute,
+            "hit_rates": self.stats.hit_rates(),
             "disk": self.cache.disk.status(),
             "s3": s3,
             "uploads": uploads,

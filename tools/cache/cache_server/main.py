@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import fcntl
 import logging
+import logging.handlers
 import os
+import re
 import signal
 import threading
 
@@ -15,10 +17,20 @@ from .circuit_breaker import CircuitBreaker
 from .disk_tier import DiskTier
 from .http_handler import CacheHTTPServer
 from .s3_tier import S3Store
-from .stats import Stats, human_bytes, parse_size
+from .stats import Stats, human_bytes
 from .uploader import Uploader
 
 log = logging.getLogger("s3cache")
+
+
+def parse_size(text: str) -> int:
+    """'10G', '512M', '64K' or a byte count."""
+    match = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)i?B?\s*", text, re.IGNORECASE)
+    if not match:
+        raise argparse.ArgumentTypeError(
+            f"invalid size {text!r}: use bytes or e.g. 512M, 10G"
+        )
+    return int(match.group(1)) * 1024 ** "_KMGT".index(match.group(2).upper() or "_")
 
 
 def parse_args(argv=None):
@@ -56,16 +68,43 @@ def parse_args(argv=None):
     )
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument(
+        "--log-file", help="log here, rotated by size (default: standard error)"
+    )
+    parser.add_argument(
+        "--log-max-bytes",
+        type=parse_size,
+        default="10M",
+        help="rotate the log file at this size",
+    )
+    parser.add_argument(
+        "--log-backups", type=int, default=3, help="rotated log files kept"
+    )
+    parser.add_argument(
         "--instance-id", default="", help="echoed by /status, for health checks"
     )
     return parser.parse_args(argv)
 
 
+def configure_logging(args) -> None:
+    handler = (
+        logging.handlers.RotatingFileHandler(
+            args.log_file,
+            maxBytes=args.log_max_bytes,
+            backupCount=args.log_backups,
+        )
+        if args.log_file
+        else logging.StreamHandler()
+    )
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(message)s",
+        handlers=[handler],
+    )
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s"
-    )
+    configure_logging(args)
     # botocore's debug logs include request headers; keep them out whatever --log-level says.
     for noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
-import re
 import threading
 import time
 
@@ -31,6 +29,13 @@ class Stats:
         "uploads_done",
         "uploads_failed",
         "uploads_dropped",
+        # Lookups by tier: a disk miss goes on to S3 (when there is a bucket).
+        *(
+            f"{kind}_{tier}_{outcome}"
+            for kind in ("ac", "cas")
+            for tier in ("disk", "s3")
+            for outcome in ("hits", "misses")
+        ),
     )
 
     def __init__(self):
@@ -45,6 +50,31 @@ class Stats:
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)
+
+    def hit_rates(self) -> dict:
+        """Hits, misses and hit rate per kind, overall (what clients got) and per tier."""
+        counts = self.snapshot()
+
+        def rate(hits: int, misses: int) -> dict:
+            total = hits + misses
+            return {
+                "hits": hits,
+                "misses": misses,
+                "hit_rate": round(hits / total, 4) if total else None,
+            }
+
+        return {
+            kind: {
+                "served": rate(counts[f"{kind}_hits"], counts[f"{kind}_misses"]),
+                **{
+                    tier: rate(
+                        counts[f"{kind}_{tier}_hits"], counts[f"{kind}_{tier}_misses"]
+                    )
+                    for tier in ("disk", "s3")
+                },
+            }
+            for kind in ("ac", "cas")
+        }
 
     def report_forever(self, interval: float) -> None:
         previous = self.snapshot()
@@ -85,13 +115,3 @@ def human_bytes(count: int) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1024
     raise AssertionError("unreachable")
-
-
-def parse_size(text: str) -> int:
-    """'10G', '512M', '64K' or a byte count."""
-    match = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)i?B?\s*", text, re.IGNORECASE)
-    if not match:
-        raise argparse.ArgumentTypeError(
-            f"invalid size {text!r}: use bytes or e.g. 512M, 10G"
-        )
-    return int(match.group(1)) * 1024 ** "_KMGT".index(match.group(2).upper() or "_")
