@@ -157,11 +157,14 @@ def test_chunk_without_its_crlf_is_400(servers):
     assert server.get("cas", sha256(b"abc"))[0] == 404
 
 
-def test_put_without_length_or_chunking_is_411(servers):
+def test_put_without_a_valid_length_or_chunking_is_411_or_400(servers):
     server = servers()
     response = closes_connection(server, put_head(sha256(b"abc")))
     assert response.startswith(b"HTTP/1.1 411"), response
     assert b"Content-Length or chunked" in response
+    response = closes_connection(server, put_head(sha256(b"abc"), "Content-Length: -1"))
+    assert response.startswith(b"HTTP/1.1 400"), response
+    assert b"invalid Content-Length '-1'" in response
 
 
 def test_too_large_puts_are_413_and_not_stored(servers):

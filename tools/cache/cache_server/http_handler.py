@@ -93,10 +93,16 @@ class CacheRequestHandler(http.server.BaseHTTPRequestHandler):
         kind, digest = match.groups()
         chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
         length = self.headers.get("Content-Length")
-        if not chunked and (length is None or not length.isdigit()):
+        if not chunked and length is None:
             self.close_connection = True
             return self._respond(
                 411, b"PUT needs a Content-Length or chunked encoding\n"
+            )
+        if not chunked and not length.isdigit():
+            self.close_connection = True
+            return self._respond(
+                400,
+                f"invalid Content-Length {length[:40]!r}: expected digits\n".encode(),
             )
         limit = self._size_limit(kind)
         if not chunked and int(length) > limit.bytes:
