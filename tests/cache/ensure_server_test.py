@@ -7,20 +7,12 @@ import json
 import os
 import signal
 import sys
-import time
 import urllib.request
 
 import pytest
-from harness import TEST_CREDENTIALS, MotoS3
+from harness import TEST_CREDENTIALS, wait_until
 
 from tools.cache import ensure_server
-
-
-@pytest.fixture(scope="module")
-def moto_s3():
-    s3 = MotoS3().start()
-    yield s3
-    s3.stop()
 
 
 @pytest.fixture
@@ -104,10 +96,10 @@ def test_a_dead_server_is_replaced(config):
     url = ensure_server.ensure_server(config)
     pid = status(url)["pid"]
     os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while ensure_server.running_server_url(config) is not None:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(
+        "the killed server to stop answering",
+        lambda: ensure_server.running_server_url(config) is None,
+    )
     new_url = ensure_server.ensure_server(config)
     assert status(new_url)["pid"] != pid
 
@@ -144,3 +136,13 @@ def test_a_server_that_cannot_start_is_reported(config, tmp_path):
         ensure_server.CacheServerError, match="BAZEL_CACHE_SERVER_COMMAND"
     ):
         ensure_server.ensure_server(missing)
+
+
+def test_the_server_writes_its_own_rotating_log(config):
+    url = ensure_server.ensure_server(config)
+    log = config.server_dir() / "server.log"
+    wait_until(
+        f"the server to log that it serves {url}", lambda: url in log.read_text()
+    )
+    # Logging goes to the file the server rotates, not to its captured output.
+    assert "serving http" not in (config.server_dir() / "server.out").read_text()

@@ -8,7 +8,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import boto3
 from moto.server import ThreadedMotoServer
+
+from tools.cache.cache_server.action_result import ActionResult
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Under Bazel, __file__ lives in the runfiles tree, next to the server script from `data`.
@@ -32,32 +33,47 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def action_result(*blobs: bytes, **fields) -> bytes:
+    """A serialized ActionResult with one output file per blob."""
+    result = ActionResult(exit_code=0, **fields)
+    for index, blob in enumerate(blobs):
+        output = result.output_files.add(path=f"bazel-out/k8-fastbuild/bin/out{index}")
+        output.digest.hash = sha256(blob)
+        output.digest.size_bytes = len(blob)
+    result.execution_metadata.worker = "test"
+    return result.SerializeToString()
+
+
+def wait_until(what: str, predicate, timeout: float = 60):
+    """Polls predicate() until it returns something true; fails naming `what` after timeout."""
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()):
+        assert time.monotonic() < deadline, f"waited {timeout}s for {what}"
+        time.sleep(0.05)
+    return result
 
 
 class MotoS3:
-    """moto's S3 in server mode on a loopback port; stop() and start() keep its contents."""
+    """moto's S3 in server mode on a loopback port of its own (bound to port 0)."""
 
-    def __init__(self, port: int | None = None):
-        self.port = port or free_port()
-        self.endpoint_url = f"http://127.0.0.1:{self.port}"
+    def __init__(self):
         self._server = None
-        self.client = boto3.client(
+        self.port = None
+        self.endpoint_url = None
+        self.client = None
+
+    def start(self) -> MotoS3:
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._server.start()
+        _, self.port = self._server.get_host_and_port()
+        self.endpoint_url = f"http://127.0.0.1:{self.port}"
+        self.client = boto3.session.Session().client(
             "s3",
             endpoint_url=self.endpoint_url,
             region_name="us-east-1",
             aws_access_key_id=TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
         )
-
-    def start(self) -> MotoS3:
-        self._server = ThreadedMotoServer(
-            ip_address="127.0.0.1", port=self.port, verbose=False
-        )
-        self._server.start()
         with contextlib.suppress(self.client.exceptions.BucketAlreadyOwnedByYou):
             self.client.create_bucket(Bucket=BUCKET)
         return self
@@ -75,11 +91,12 @@ class MotoS3:
 
 
 class CacheServer:
-    """One server.py process; every request uses a fresh connection unless one is passed in."""
+    """One server.py process; every request uses a fresh connection unless one is passed in.
 
-    def __init__(
-        self, cache_dir: Path, *, s3: MotoS3 | None = None, prefix="", args=()
-    ):
+    `s3` is anything with an endpoint_url: MotoS3, or an S3Gate or BlackHole in front of it.
+    """
+
+    def __init__(self, cache_dir: Path, *, s3=None, prefix="", args=()):
         self.cache_dir = cache_dir
         self.prefix = prefix
         self.log_path = cache_dir.with_name(cache_dir.name + ".log")
@@ -104,11 +121,13 @@ class CacheServer:
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=env
             )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while not port_file.exists():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.process.kill()
-                raise RuntimeError(f"cache server did not start:\n{self.log()}")
+                raise RuntimeError(
+                    f"cache server did not write its port file within 60s:\n{self.log()}"
+                )
             time.sleep(0.05)
         self.port = int(port_file.read_text())
 
@@ -136,6 +155,28 @@ class CacheServer:
         code, body = self.request("GET", "/status")
         assert code == 200
         return json.loads(body)
+
+    def wait_for_status(self, what: str, predicate, timeout: float = 60) -> dict:
+        """Polls /status until predicate(status) holds; fails naming `what` after timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.status()
+            if predicate(status):
+                return status
+            assert time.monotonic() < deadline, (
+                f"waited {timeout}s for {what}: {status}"
+            )
+            time.sleep(0.05)
+
+    def wait_for_log(self, text: str, timeout: float = 60) -> str:
+        """Polls the server's log until it contains `text`; fails naming it after timeout."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log()):
+            assert time.monotonic() < deadline, (
+                f"waited {timeout}s for {text!r} in the log:\n{log}"
+            )
+            time.sleep(0.05)
+        return log
 
     def wait_for_uploads(self, timeout: float = 60) -> dict:
         deadline = time.monotonic() + timeout

@@ -167,7 +167,10 @@ def _start(config: CacheConfig, directory: Path, timeout: float) -> str:
     port_file = directory / "port"
     with contextlib.suppress(FileNotFoundError):
         port_file.unlink()
-    log_path = directory / "server.log"
+    log_path = directory / "server.log"  # rotated by the server itself
+    # What the process prints before its log is set up (a crash at start, say); rewritten at
+    # each start, so it stays small.
+    output_path = directory / "server.out"
     instance_id = uuid.uuid4().hex
     command = [
         *config.server_command,
@@ -181,16 +184,17 @@ def _start(config: CacheConfig, directory: Path, timeout: float) -> str:
         "--host=127.0.0.1",
         "--port=0",
         f"--port-file={port_file}",
+        f"--log-file={log_path}",
     ]
     # The flags above say everything; without the settings in its environment, a server command
     # that goes through tools/bazel does not try to start a cache server of its own.
     env = {k: v for k, v in os.environ.items() if k not in SETTINGS}
-    with open(log_path, "ab") as log:
+    with open(output_path, "wb") as output:
         try:
             process = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,
-                stdout=log,
+                stdout=output,
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,  # outlives the launcher; Ctrl-C in the build spares it
@@ -206,7 +210,8 @@ def _start(config: CacheConfig, directory: Path, timeout: float) -> str:
         if process.poll() is not None:
             raise CacheServerError(
                 f"the cache server exited with status {process.returncode}; "
-                f"the end of {log_path}:\n{_tail(log_path)}"
+                f"the end of {output_path}:\n{_tail(output_path)}\n"
+                f"and of {log_path}:\n{_tail(log_path)}"
             )
         if port_file.exists():
             url = f"http://127.0.0.1:{int(port_file.read_text())}"
@@ -220,7 +225,8 @@ def _start(config: CacheConfig, directory: Path, timeout: float) -> str:
     process.kill()
     process.wait()
     raise CacheServerError(
-        f"the cache server did not answer within {timeout:.0f}s; see {log_path}:\n{_tail(log_path)}"
+        f"the cache server did not answer within {timeout:.0f}s; see {log_path}:\n"
+        f"{_tail(log_path)}\nand {output_path}:\n{_tail(output_path)}"
     )
 
 
