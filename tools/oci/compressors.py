@@ -6,7 +6,7 @@ CPU, nor on how tarfile happens to size its writes.
 
 gzip is zlib-ng at level 1, through the `zlib-ng` wheel pinned in requirements.lock. Its
 output is the same on x86_64 (SSE2 to AVX-512) and aarch64, so a layer built on an arm64 host
-gets the same digest as on an x86_64 one; ISA-L, about 1.3 times as fast with 13% smaller
+gets the same digest as on an x86_64 one; ISA-L, about 1.5 times as fast with 13% smaller
 output, writes other bytes on aarch64 (bench/oci has the numbers).
 """
 

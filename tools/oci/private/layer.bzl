@@ -9,7 +9,7 @@ LAYER_TOOL_ATTRS = {
     "compression": attr.string(
         default = "gzip",
         values = ["gzip", "zstd", "none"],
-        doc = "gzip (ISA-L, what every registry and Lambda accept), zstd (OCI only) or none.",
+        doc = "gzip (zlib-ng level 1, what every registry and Lambda accept), zstd (OCI only) or none.",
     ),
     "_layer_tool": attr.label(default = "//tools/oci:layer", executable = True, cfg = "exec"),
 }
