@@ -4,7 +4,7 @@
     bench/images/bench.py                         # linux/arm64 images (the Lambda default)
     bench/images/bench.py --bazel-flag=--config=amd64
     bench/images/bench.py --empty-repository-cache   # also download every wheel and .deb
-    bench/images/bench.py --compress-python PY    # a python3.13 with isal and zstandard
+    bench/images/bench.py --compress-python PY    # a python3.13 with zlib-ng and zstandard
 
 Works in a copy of the work tree (at another path, so the edit below never touches the real
 handler.py and nobody else's build sees it) with its own fresh output base and no disk or remote
@@ -192,7 +192,7 @@ def main() -> int:
     parser.add_argument(
         "--compress-python",
         default=sys.executable,
-        help="python3 with isal and zstandard",
+        help="python3 with zlib-ng and zstandard",
     )
     parser.add_argument(
         "--runs", type=int, default=5, help="runs per warm measurement (median)"
@@ -329,13 +329,13 @@ def main() -> int:
             f"\ncompressor throughput on the largest layer's tar ({size_text(tar.stat().st_size)}):"
         )
         probe = subprocess.run(
-            [args.compress_python, "-c", "import isal, zstandard"],
+            [args.compress_python, "-c", "import zlib_ng, zstandard"],
             capture_output=True,
             check=False,
         )
         if probe.returncode != 0:
             print(
-                f"  skipped: {args.compress_python} lacks isal or zstandard; give --compress-python"
+                f"  skipped: {args.compress_python} lacks zlib-ng or zstandard; give --compress-python"
             )
         else:
             subprocess.run(

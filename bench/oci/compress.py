@@ -1,167 +1,190 @@
-"""Throughput of the layer compressor (tools/oci/layer.py) against `gzip -6` on the same bytes.
+"""Speed, size and exact output of gzip encoders on one input, in the Python that runs it.
 
-    python bench/oci/compress.py --dir DIR [--dir DIR ...]   # tars the directories first
-    python bench/oci/compress.py --input some.tar
+MB/s is input bytes per second of this process's CPU time (best of --repeat runs), which other
+work on a busy machine disturbs much less than wall time; wall seconds are printed too.
 
-A realistic input is the unpacked wheels of the largest dependencies, e.g. the wheel
-repositories Bazel fetched: `$(tools/bazel info output_base)/external/_main~pypi~pypi_{numpy,
-onnxruntime,botocore,chromadb}_*`. Prints one line per encoder: wall time, MB/s of input,
-output size and ratio; each output is decompressed once to check it. Not a test.
+    python3.13 bench/oci/compress.py --input layer.tar [--repeat 3] [--json out.json]
+
+Every encoder writes a gzip stream the way the layer tool does (1 MiB chunks into a streaming
+compressor, or the whole input at once for one-shot libraries) and its output is decompressed
+once to check it. The sha256 of each output is printed so that runs on other CPUs (e.g.
+aarch64 under qemu, see across_arches.py) can be compared byte for byte. Encoders whose module
+is missing are listed as such. Not a test.
 """
 
 import argparse
 import hashlib
-import io
-import os
-import shutil
-import subprocess
+import json
+import platform
 import sys
-import tarfile
-import tempfile
 import time
 import zlib
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-
-from tools.oci import layer
+CHUNK_SIZE = 1 << 20
 
 
-def tar_of_directories(directories):
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        for directory in directories:
-            archive.add(
-                directory, arcname=os.path.basename(os.path.normpath(directory))
-            )
-    return buffer.getvalue()
-
-
-def layer_compressor(compression, level):
-    """The exact compressor of layer.py, fed in the tar writer's 10 KiB writes."""
+def streaming(make_compressor):
+    """Feeds 1 MiB chunks, as tools/oci/layer.py's ChunkedCompressor does."""
 
     def run(data):
-        sink = io.BytesIO()
-        writer = layer.ChunkedCompressor(sink, layer.COMPRESSORS[compression](level))
+        compressor = make_compressor()
         view = memoryview(data)
-        for start in range(0, len(data), 10240):
-            writer.write(view[start : start + 10240])
-        writer.close()
-        return sink.getvalue()
-
-    return run
-
-
-def python_zlib_6(data):
-    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
-    return compressor.compress(data) + compressor.flush()
-
-
-def external(command):
-    def run(data):
-        return subprocess.run(
-            command, input=data, capture_output=True, check=True
-        ).stdout
-
-    return run
-
-
-def gunzip(data):
-    return zlib.decompress(data, 47)
-
-
-def unzstd(data):
-    import zstandard
-
-    return zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()
-
-
-def encoders():
-    yield "gzip -6 (GNU gzip, 1 core)", external(["gzip", "-6", "-n", "-c"]), gunzip
-    yield "python zlib level 6 (1 core)", python_zlib_6, gunzip
-    if shutil.which("pigz"):
-        yield (
-            "pigz -6 (2 threads)",
-            external(["pigz", "-6", "-n", "-p", "2", "-c"]),
-            gunzip,
-        )
-    for level in (0, 1, 2, 3):
-        name = f"layer.py gzip: ISA-L level {level}"
-        if level == layer.DEFAULT_LEVELS["gzip"]:
-            name += " (default)"
-        yield name, layer_compressor("gzip", level), gunzip
-    yield "layer.py zstd level 3 (default)", layer_compressor("zstd", 3), unzstd
-
-
-def whole_layer(directories, output_dir):
-    """layer.py end to end: walk, sort, tar, hash twice, compress, write."""
-    argv = [
-        "--output",
-        f"{output_dir}/layer.tar.gz",
-        "--metadata",
-        f"{output_dir}/l.json",
-    ]
-    for directory in directories:
-        argv += [
-            "--file",
-            "/" + os.path.basename(os.path.normpath(directory)),
-            directory,
+        parts = [
+            compressor.compress(view[start : start + CHUNK_SIZE])
+            for start in range(0, len(view), CHUNK_SIZE)
         ]
-    start = time.perf_counter()
-    layer.main(argv)
-    return time.perf_counter() - start, os.path.getsize(f"{output_dir}/layer.tar.gz")
+        parts.append(compressor.flush())
+        return b"".join(parts)
+
+    return run
+
+
+def isal(level):
+    from isal import isal_zlib
+
+    return streaming(lambda: isal_zlib.compressobj(level, isal_zlib.DEFLATED, 31))
+
+
+def python_zlib(level):
+    return streaming(lambda: zlib.compressobj(level, zlib.DEFLATED, 31))
+
+
+def zlib_ng(level):
+    from zlib_ng import zlib_ng as module
+
+    return streaming(lambda: module.compressobj(level, module.DEFLATED, 31))
+
+
+def libdeflate(level):
+    import deflate
+
+    return lambda data: deflate.gzip_compress(data, level)
+
+
+def cramjam_gzip(level):
+    import cramjam
+
+    return lambda data: bytes(cramjam.gzip.compress(data, level=level))
+
+
+def versions():
+    found = {"python": platform.python_version(), "zlib": zlib.ZLIB_RUNTIME_VERSION}
+    for module, attribute in [
+        ("isal", "__version__"),
+        ("zlib_ng", "__version__"),
+        ("deflate", "__version__"),
+        ("cramjam", "__version__"),
+    ]:
+        try:
+            found[module] = getattr(__import__(module), attribute)
+        except ImportError:
+            pass
+    try:
+        from zlib_ng import zlib_ng as module
+
+        found["zlib-ng library"] = module.ZLIBNG_RUNTIME_VERSION
+    except ImportError:
+        pass
+    return found
+
+
+ENCODERS = [
+    ("ISA-L igzip level 0", lambda: isal(0)),
+    ("ISA-L igzip level 1", lambda: isal(1)),
+    ("ISA-L igzip level 2", lambda: isal(2)),
+    ("zlib-ng level 1", lambda: zlib_ng(1)),
+    ("zlib-ng level 2", lambda: zlib_ng(2)),
+    ("zlib-ng level 3", lambda: zlib_ng(3)),
+    ("zlib-ng level 6", lambda: zlib_ng(6)),
+    ("libdeflate level 1 (one shot)", lambda: libdeflate(1)),
+    ("libdeflate level 6 (one shot)", lambda: libdeflate(6)),
+    ("cramjam gzip level 1 (one shot)", lambda: cramjam_gzip(1)),
+    ("zlib (the Python's libz) level 1", lambda: python_zlib(1)),
+    ("zlib (the Python's libz) level 6", lambda: python_zlib(6)),
+]
+
+
+def measure(data, names, repeat):
+    rows = []
+    for name, make in ENCODERS:
+        if names and not any(part in name for part in names):
+            continue
+        try:
+            encode = make()
+        except ImportError as error:
+            rows.append({"encoder": name, "missing": str(error)})
+            continue
+        best_wall = best_cpu = None
+        for _ in range(repeat):
+            wall, cpu = time.perf_counter(), time.process_time()
+            output = encode(data)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            best_wall = wall if best_wall is None else min(best_wall, wall)
+            best_cpu = cpu if best_cpu is None else min(best_cpu, cpu)
+        if zlib.decompress(output, 31) != data:
+            raise SystemExit(f"{name}: the output does not decompress to the input")
+        rows.append(
+            {
+                "encoder": name,
+                "seconds": best_wall,
+                "cpu_seconds": best_cpu,
+                "mb_per_s": len(data) / 1e6 / best_cpu,
+                "output_bytes": len(output),
+                "sha256": hashlib.sha256(output).hexdigest(),
+            }
+        )
+        print(format_row(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def format_row(row):
+    if "missing" in row:
+        return f"{row['encoder']:<42} (not installed: {row['missing']})"
+    return (
+        f"{row['encoder']:<42} {row['seconds']:8.2f} {row['cpu_seconds']:8.2f} {row['mb_per_s']:8.1f} "
+        f"{row['output_bytes'] / 1e6:10.2f}  {row['sha256'][:16]}"
+    )
 
 
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--input", help="a file (e.g. a tar) to compress")
     parser.add_argument(
-        "--dir", action="append", default=[], help="a directory to tar up as the input"
+        "--input", required=True, help="the file to compress, e.g. a layer tar"
     )
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs per encoder; the fastest counts"
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="run only encoders whose name contains this",
+    )
+    parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
-    if not args.input and not args.dir:
-        parser.error("give --input FILE or --dir DIR")
-    if args.input:
-        with open(args.input, "rb") as handle:
-            data = handle.read()
-    else:
-        data = tar_of_directories(args.dir)
-    megabytes = len(data) / 1e6
+    with open(args.input, "rb") as handle:
+        data = handle.read()
+    header = {
+        "machine": platform.machine(),
+        "input_bytes": len(data),
+        "input_sha256": hashlib.sha256(data).hexdigest(),
+        "versions": versions(),
+    }
     print(
-        f"input: {megabytes:.1f} MB, sha256 {hashlib.sha256(data).hexdigest()[:16]}, {os.cpu_count()} CPUs"
+        f"{header['machine']}: input {len(data) / 1e6:.1f} MB "
+        f"(sha256 {header['input_sha256'][:16]}), {header['versions']}",
+        file=sys.stderr,
     )
-    print(f"{'encoder':<48} {'seconds':>8} {'MB/s':>8} {'output MB':>10} {'ratio':>6}")
-    for name, encode, decode in encoders():
-        best = None
-        for _ in range(args.repeat):
-            start = time.perf_counter()
-            output = encode(data)
-            elapsed = time.perf_counter() - start
-            best = elapsed if best is None else min(best, elapsed)
-        if decode(output) != data:
-            raise SystemExit(f"{name}: the output does not decompress to the input")
-        report(name, best, megabytes, len(output), len(data))
-    if args.dir:
-        with tempfile.TemporaryDirectory() as output_dir:
-            elapsed, size = whole_layer(args.dir, output_dir)
-        report(
-            "layer.py end to end (files -> layer blob)",
-            elapsed,
-            megabytes,
-            size,
-            len(data),
-        )
-
-
-def report(name, seconds, megabytes, output_size, input_size):
     print(
-        f"{name:<48} {seconds:8.2f} {megabytes / seconds:8.1f} "
-        f"{output_size / 1e6:10.1f} {output_size / input_size:6.3f}"
+        f"{'encoder':<42} {'seconds':>8} {'CPU s':>8} {'MB/s':>8} {'output MB':>10}  sha256",
+        file=sys.stderr,
     )
+    rows = measure(data, args.only, args.repeat)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(dict(header, rows=rows), handle, indent=1)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,7 @@ normalized so the layer depends only on contents and paths: sorted, mtime fixed 
 SOURCE_DATE_EPOCH (default 0), uid/gid 0 without names, files 0644 (0755 when any
 execute bit was set in an input tar, or as given by --mode), directories 0755 (world-
 writable sticky directories such as /tmp keep 1777), every parent directory present,
-hard links pointing at the first path of their group. gzip is ISA-L's igzip (level 1 by
-default: about 25x the throughput of `gzip -6` for 12% more bytes; see bench/oci).
+hard links pointing at the first path of their group. Compression: see compressors.py.
 """
 
 import argparse
@@ -25,10 +24,8 @@ import tempfile
 import warnings
 from collections.abc import Callable
 
-from tools.oci import common
+from tools.oci import common, compressors
 
-CHUNK_SIZE = 1 << 20
-DEFAULT_LEVELS = {"gzip": 1, "zstd": 3, "none": 0}
 DEFAULT_SITE_PACKAGES = "/usr/local/lib/python3.13/dist-packages"
 
 
@@ -423,74 +420,11 @@ class _HashingWriter:
         return "sha256:" + self.hash.hexdigest()
 
 
-def _gzip_compressor(level):
-    from isal import isal_zlib
-
-    # wbits 31: a gzip container whose header has no file name and mtime 0
-    return isal_zlib.compressobj(level, isal_zlib.DEFLATED, 31)
-
-
-def _zstd_compressor(level):
-    import zstandard
-
-    return zstandard.ZstdCompressor(level=level).compressobj()
-
-
-class _Uncompressed:
-    def compress(self, data):
-        return data
-
-    def flush(self):
-        return b""
-
-
-COMPRESSORS = {
-    "gzip": _gzip_compressor,
-    "zstd": _zstd_compressor,
-    "none": lambda level: _Uncompressed(),
-}
-
-
-class ChunkedCompressor:
-    """Feeds the compressor fixed-size chunks.
-
-    ISA-L's output depends on how its input is split into calls, and the sizes of tarfile's
-    writes are an implementation detail of the Python version; fixed chunks make the blob's
-    bytes depend only on the tar bytes.
-    """
-
-    def __init__(self, sink, compressor):
-        self.sink = sink
-        self.compressor = compressor
-        self._pending = bytearray()
-
-    def write(self, data):
-        self._pending += data
-        if len(self._pending) >= CHUNK_SIZE:
-            view = memoryview(self._pending)
-            whole = len(view) - len(view) % CHUNK_SIZE
-            for start in range(0, whole, CHUNK_SIZE):
-                self.sink.write(
-                    self.compressor.compress(view[start : start + CHUNK_SIZE])
-                )
-            view.release()
-            del self._pending[:whole]
-        return len(data)
-
-    def close(self):
-        self.sink.write(self.compressor.compress(bytes(self._pending)))
-        self.sink.write(self.compressor.flush())
-        self._pending.clear()
-
-
 def write_layer(entries, blob_file, compression="gzip", level=None, mtime=0):
     """Writes the tar stream of `entries` compressed into blob_file; returns (digest, size, diff_id)."""
     compressed = _HashingWriter(blob_file)
-    compressor = ChunkedCompressor(
-        compressed,
-        COMPRESSORS[compression](
-            DEFAULT_LEVELS[compression] if level is None else level
-        ),
+    compressor = compressors.ChunkedCompressor(
+        compressed, compressors.new(compression, level)
     )
     uncompressed = _HashingWriter(compressor)
     with tarfile.open(
@@ -647,23 +581,22 @@ def parse_args(argv):
         action="store_true",
         help="a later input replaces an earlier one",
     )
-    parser.add_argument("--compression", choices=sorted(COMPRESSORS), default="gzip")
+    parser.add_argument(
+        "--compression", choices=sorted(compressors.LEVELS), default="gzip"
+    )
     parser.add_argument(
         "--level",
         type=int,
-        help="compression level (default: gzip 1 with ISA-L, zstd 3)",
+        help="compression level (default: gzip 1 with zlib-ng, zstd 3)",
     )
     parser.add_argument(
         "--created-by", default="", help="the history entry's created_by text"
     )
     parser.add_argument("--comment", default="", help="the history entry's comment")
     args = parser.parse_args(argv)
-    if (
-        args.compression == "gzip"
-        and args.level is not None
-        and not 0 <= args.level <= 3
-    ):
-        parser.error("--level for gzip (ISA-L) must be 0..3")
+    level_error = compressors.check_level(args.compression, args.level)
+    if level_error:
+        parser.error(level_error)
     return args
 
 

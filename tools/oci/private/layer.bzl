@@ -10,7 +10,7 @@ LAYER_TOOL_ATTRS = {
     "compression": attr.string(
         default = "gzip",
         values = ["gzip", "zstd", "none"],
-        doc = "gzip (ISA-L, what every registry and Lambda accept), zstd (OCI only) or none.",
+        doc = "gzip (zlib-ng level 1, what every registry and Lambda accept), zstd (OCI only) or none.",
     ),
     "_layer_tool": attr.label(default = "//tools/oci:layer", executable = True, cfg = "exec"),
 }
@@ -74,7 +74,8 @@ def _package_relative_path(file, label):
         path = path[len(label.package) + 1:]
     return path
 
-def _oci_layer_impl(ctx):
+def oci_layer_impl(ctx):
+    """oci_layer's implementation; tests reuse it with another layer tool."""
     args = ctx.actions.args()
     inputs = []
     for target, destination in ctx.attr.files.items():
@@ -112,28 +113,30 @@ def _oci_layer_impl(ctx):
     )
     return [layer, DefaultInfo(files = depset([layer.blob, layer.metadata]))]
 
+OCI_LAYER_ATTRS = dict(LAYER_TOOL_ATTRS, **{
+    "files": attr.label_keyed_string_dict(
+        allow_files = True,
+        doc = "Target -> destination. A destination ending in '/' is a directory: the target's files " +
+              "keep their path relative to its package. Otherwise the target must have one file " +
+              "(a directory artifact is copied as a tree).",
+    ),
+    "tars": attr.label_list(allow_files = True, doc = "Tar files (plain, gzip, zstd, xz, bzip2) to merge in."),
+    "directories": attr.string_list(doc = "Empty directories to create."),
+    "symlinks": attr.string_dict(doc = "Link path -> target (kept verbatim, relative or absolute)."),
+    "modes": attr.string_dict(doc = "Path -> octal mode, e.g. {'/usr/local/bin/app': '0755', '/tmp': '1777'}."),
+    "allow_overwrite": attr.bool(doc = "Let a later input replace a path instead of failing on the conflict."),
+    "created_by": attr.string(doc = "History text of the layer; defaults to the target label."),
+})
+
 oci_layer = rule(
-    implementation = _oci_layer_impl,
+    implementation = oci_layer_impl,
     doc = """A normalized layer from files, existing tars, directories and symlinks.
 
     Entries are sorted, owned by 0:0 without names, dated SOURCE_DATE_EPOCH (default 1970),
     files 0644 unless `modes` says otherwise (tar members keep 0755 when executable),
     directories 0755, and every parent directory exists. Use it in oci_image's `tars`.
     """,
-    attrs = dict(LAYER_TOOL_ATTRS, **{
-        "files": attr.label_keyed_string_dict(
-            allow_files = True,
-            doc = "Target -> destination. A destination ending in '/' is a directory: the target's files " +
-                  "keep their path relative to its package. Otherwise the target must have one file " +
-                  "(a directory artifact is copied as a tree).",
-        ),
-        "tars": attr.label_list(allow_files = True, doc = "Tar files (plain, gzip, zstd, xz, bzip2) to merge in."),
-        "directories": attr.string_list(doc = "Empty directories to create."),
-        "symlinks": attr.string_dict(doc = "Link path -> target (kept verbatim, relative or absolute)."),
-        "modes": attr.string_dict(doc = "Path -> octal mode, e.g. {'/usr/local/bin/app': '0755', '/tmp': '1777'}."),
-        "allow_overwrite": attr.bool(doc = "Let a later input replace a path instead of failing on the conflict."),
-        "created_by": attr.string(doc = "History text of the layer; defaults to the target label."),
-    }),
+    attrs = OCI_LAYER_ATTRS,
     provides = [OciLayerInfo],
 )
 
@@ -143,7 +146,8 @@ def _py_file_args(file):
 def _is_third_party(file):
     return file.short_path.startswith("../")
 
-def _py_layer_impl(ctx):
+def py_layer_impl(ctx):
+    """py_layer's implementation; tests reuse it with another layer tool."""
     excluded = {
         file: None
         for file in depset(transitive = [dep[DefaultInfo].default_runfiles.files for dep in ctx.attr.exclude]).to_list()
@@ -180,8 +184,37 @@ def _py_layer_impl(ctx):
     )
     return [layer, DefaultInfo(files = depset([layer.blob, layer.metadata]))]
 
+PY_LAYER_ATTRS = dict(LAYER_TOOL_ATTRS, **{
+    "deps": attr.label_list(mandatory = True, doc = "py_library targets; their whole runfiles closure is used."),
+    "exclude": attr.label_list(doc = "Targets whose runfiles are left out (they are in another layer)."),
+    "packages": attr.string(
+        default = "all",
+        values = ["all", "third_party", "first_party"],
+        doc = "Which files of the closure: all, third_party (wheels) or first_party (this repository).",
+    ),
+    "site_packages": attr.string(
+        default = "/usr/local/lib/python3.13/dist-packages",
+        doc = "Where the packages go. The default is where Debian's python3.13 looks for " +
+              "pip-installed packages without PYTHONPATH (it never searches .../site-packages).",
+    ),
+    "compile_pyc": attr.bool(
+        default = True,
+        doc = "Also write __pycache__/<module>.cpython-XY.pyc next to every .py file, " +
+              "unchecked-hash (no mtime) with the image path as source: Lambda's read-only " +
+              "file system cannot cache bytecode, so without them each cold start recompiles " +
+              "every imported module. Files that do not compile get none.",
+    ),
+    "python_version": attr.string(
+        default = "3.13",
+        doc = "The image's Python, which the .pyc files are for. The exec Python that runs " +
+              "the layer tool must be this version, or the build fails.",
+    ),
+    "allow_overwrite": attr.bool(doc = "Let a later file replace one at the same path instead of failing."),
+    "created_by": attr.string(doc = "History text of the layer; defaults to the target label."),
+})
+
 py_layer = rule(
-    implementation = _py_layer_impl,
+    implementation = py_layer_impl,
     doc = """A layer of Python libraries installed under `site_packages`, where `import` finds them.
 
     Third-party files (wheel repositories, runfiles paths '../<repo>/site-packages/...') keep
@@ -190,33 +223,6 @@ py_layer = rule(
     Split dependencies into several layers with `packages` and `exclude`, e.g. big wheels in one
     layer and `exclude = [":big_wheels"]` in the next, so one version bump rebuilds one layer.
     """,
-    attrs = dict(LAYER_TOOL_ATTRS, **{
-        "deps": attr.label_list(mandatory = True, doc = "py_library targets; their whole runfiles closure is used."),
-        "exclude": attr.label_list(doc = "Targets whose runfiles are left out (they are in another layer)."),
-        "packages": attr.string(
-            default = "all",
-            values = ["all", "third_party", "first_party"],
-            doc = "Which files of the closure: all, third_party (wheels) or first_party (this repository).",
-        ),
-        "site_packages": attr.string(
-            default = "/usr/local/lib/python3.13/dist-packages",
-            doc = "Where the packages go. The default is where Debian's python3.13 looks for " +
-                  "pip-installed packages without PYTHONPATH (it never searches .../site-packages).",
-        ),
-        "compile_pyc": attr.bool(
-            default = True,
-            doc = "Also write __pycache__/<module>.cpython-XY.pyc next to every .py file, " +
-                  "unchecked-hash (no mtime) with the image path as source: Lambda's read-only " +
-                  "file system cannot cache bytecode, so without them each cold start recompiles " +
-                  "every imported module. Files that do not compile get none.",
-        ),
-        "python_version": attr.string(
-            default = "3.13",
-            doc = "The image's Python, which the .pyc files are for. The exec Python that runs " +
-                  "the layer tool must be this version, or the build fails.",
-        ),
-        "allow_overwrite": attr.bool(doc = "Let a later file replace one at the same path instead of failing."),
-        "created_by": attr.string(doc = "History text of the layer; defaults to the target label."),
-    }),
+    attrs = PY_LAYER_ATTRS,
     provides = [OciLayerInfo],
 )

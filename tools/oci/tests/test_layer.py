@@ -11,7 +11,7 @@ import tarfile
 
 import pytest
 
-from tools.oci import layer
+from tools.oci import compressors, layer
 from tools.oci.common import UsageError
 from tools.oci.tests.oci_testing import (
     make_layer,
@@ -166,12 +166,12 @@ def test_gzip_header_has_no_name_or_timestamp(tmp_path):
 def test_compressed_bytes_do_not_depend_on_how_the_tar_is_written(
     tmp_path, compression
 ):
-    """ISA-L's output depends on how input is split into calls: the chunker hides that."""
+    """A compressor's output may depend on how input is split into calls: the chunker hides that."""
     content = b"".join(os.urandom(1000) + b"abc" * 100_000 for _ in range(8))
     blobs = []
     for write_size in (512, 10_240, 3_000_001):
         sink = io.BytesIO()
-        writer = layer.ChunkedCompressor(sink, layer.COMPRESSORS[compression](1))
+        writer = compressors.ChunkedCompressor(sink, compressors.new(compression, 1))
         for start in range(0, len(content), write_size):
             writer.write(content[start : start + write_size])
         writer.close()
@@ -542,3 +542,16 @@ def test_py_compile_for_another_python_is_an_error(tmp_path):
             *python_files(tmp_path, PY_FILES),
             "--py-compile", "3.99",
         )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("compression", "level", "message"),
+    [("gzip", 10, "gzip must be 0..9"), ("zstd", 0, "zstd must be 1..22")],
+)
+def test_level_out_of_range_is_a_clear_error(tmp_path, compression, level, message):
+    with pytest.raises(SystemExit):
+        layer.parse_args(
+            ["--output", "o", "--metadata", "m", "--compression", compression]
+            + ["--level", str(level)]
+        )
+    assert compressors.check_level(compression, level) == f"--level for {message}"
