@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
 from tools.registry import client
-from tools.registry.local_registry import LocalRegistry, free_port
+from tools.registry.local_registry import LocalRegistry
 
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -185,6 +185,24 @@ class HandlerImages:
         return {name: self.build(name, generation) for name in HANDLERS}
 
 
+# --------------------------------------------------------------------------- test servers
+
+
+def serve_in_thread(server: http.server.HTTPServer) -> threading.Thread:
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return thread
+
+
+def stop_serving(server: http.server.HTTPServer, thread: threading.Thread) -> None:
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), (
+        f"{type(server).__name__} on port {server.server_address[1]} did not stop within 60 s"
+    )
+
+
 # --------------------------------------------------------------------------- auth material
 
 
@@ -274,7 +292,7 @@ class TokenServer:
 
         self._http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.realm = f"http://127.0.0.1:{self._http.server_address[1]}/token"
-        threading.Thread(target=self._http.serve_forever, daemon=True).start()
+        self._thread = serve_in_thread(self._http)
 
     def authenticate(self, header: str) -> str | None:
         """The user name, "" for anonymous, None for wrong credentials."""
@@ -328,8 +346,7 @@ class TokenServer:
         }
 
     def close(self) -> None:
-        self._http.shutdown()
-        self._http.server_close()
+        stop_serving(self._http, self._thread)
 
 
 # --------------------------------------------------------------------------- fault injection
@@ -429,7 +446,7 @@ class FaultProxy:
 
         self._http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self._http.server_address[1]
-        threading.Thread(target=self._http.serve_forever, daemon=True).start()
+        self._thread = serve_in_thread(self._http)
 
     @property
     def url(self) -> str:
@@ -450,8 +467,7 @@ class FaultProxy:
         return None
 
     def close(self) -> None:
-        self._http.shutdown()
-        self._http.server_close()
+        stop_serving(self._http, self._thread)
 
 
 # --------------------------------------------------------------------------- running things
@@ -485,8 +501,13 @@ def skopeo_copy(source: str, destination: str, *extra: str) -> None:
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stderr}"
 
 
-def free_loopback_port() -> int:
-    return free_port()
+@contextlib.contextmanager
+def refused_port():
+    """A loopback port bound but not listening while the context lasts: connecting is refused,
+    and no other test can start a server on it meanwhile."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]
 
 
 @dataclasses.dataclass

@@ -233,7 +233,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=int,
         metavar="PORT",
         default=DEFAULT_LOCAL_PORT,
-        help=f"its port (default {DEFAULT_LOCAL_PORT})",
+        help=f"its port (default {DEFAULT_LOCAL_PORT}; 0 lets the system pick a free one, "
+        "which later runs with port 0 reuse while that server runs)",
     )
     local.add_argument(
         "--stop-local-registry",
