@@ -243,6 +243,7 @@ def _auth_keys(registry: str) -> list[str]:
 
 
 def _credential_helper(helper: str, registry: str, source: str) -> Credentials | None:
+    """Runs `docker-credential-HELPER get` as Docker does; None when it has nothing for `registry`."""
     program = f"docker-credential-{helper}"
     try:
         result = subprocess.run(
@@ -257,12 +258,30 @@ def _credential_helper(helper: str, registry: str, source: str) -> Credentials |
         raise AuthError(
             f"{source} names credential helper {helper!r} for {registry}, but {program} is not on PATH"
         ) from None
+    except subprocess.TimeoutExpired:
+        raise AuthError(
+            f"credential helper {program} (named in {source}) did not answer within 60 s"
+        ) from None
+    said = " ".join((result.stderr.strip() or result.stdout.strip()).split())
     if result.returncode != 0:
-        return None  # helpers exit non-zero for "no credentials for this registry"
-    data = json.loads(result.stdout)
-    if data.get("Username") == "<token>":
-        return Credentials("", "", f"{program}", identity_token=data.get("Secret", ""))
-    return Credentials(data.get("Username", ""), data.get("Secret", ""), program)
+        # The protocol's answer for "nothing stored for this registry" (docker-credential-helpers).
+        if "credentials not found" in said.lower():
+            return None
+        raise AuthError(
+            f"credential helper {program} failed (exit {result.returncode}): {said[:300]}; "
+            f"fix the helper or log in again (it is named in {source})"
+        )
+    try:
+        data = json.loads(result.stdout)
+        username, secret = data.get("Username", ""), data.get("Secret", "")
+    except (ValueError, AttributeError):
+        raise AuthError(
+            f"{program} answered {result.stdout.strip()[:80]!r} instead of the credential helper "
+            f"protocol's JSON object; check the helper (named in {source})"
+        ) from None
+    if username == "<token>":
+        return Credentials("", "", program, identity_token=secret)
+    return Credentials(username, secret, program)
 
 
 def docker_credentials(
