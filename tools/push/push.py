@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -99,6 +100,7 @@ class Result:
     mounted: int = 0  # blob bytes mounted from another repository of the registry
     uploaded_blobs: list[str] = dataclasses.field(default_factory=list)
     manifest_uploaded: bool = False
+    tagged: bool = False  # `tags` point at the image (set only when every image pushed)
     seconds: float = 0.0
     error: str = ""
 
@@ -509,11 +511,16 @@ class Pusher:
                 f"{registry.name} accepted manifest {image.digest} of {repository} but does not serve it; "
                 "no tag was set"
             )
+
+    def tag_image(self, target: Target, result: Result) -> None:
+        """Points `result.tags` at the image push_image() put in place."""
+        image, repository, registry = result.image, target.repository, self.registry
         for tag in result.tags:
             if registry.manifest_digest(repository, tag, "pull,push") == image.digest:
                 continue
             registry.put_manifest(repository, tag, image.manifest, image.media_type)
             result.uploaded += len(image.manifest)
+        result.tagged = True
 
 
 def human_bytes(count: int) -> str:
@@ -568,7 +575,9 @@ def print_table(
                 human_bytes(result.skipped),
                 human_bytes(result.mounted),
                 f"{result.seconds:.1f}s",
-                ",".join(result.tags) or "-",
+                (",".join(result.tags) if result.tagged or dry_run else "not set")
+                if result.tags
+                else "-",
             ]
         )
     widths = [
@@ -597,7 +606,7 @@ def write_references(
             "reference": reference(registry, result),
             "registry": registry.name,
             "repository": result.repository,
-            "tags": result.tags,
+            "tags": result.tags if result.tagged else [],
         }
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -739,10 +748,10 @@ def _run(argv: list[str], out, err) -> tuple[int, list[Result]]:
     jobs = args.jobs or config.get("jobs") or 4
     pusher = Pusher(registry, jobs, args.dry_run, [t.repository for t in targets], log)
 
-    def push_one(target: Target, result: Result) -> None:
+    def attempt(step, target: Target, result: Result) -> None:
         begin = time.monotonic()
         try:
-            pusher.push_image(target, result)
+            step(target, result)
         except OSError as error:
             result.error = f"cannot read the image layout: {error}"
         except client.RegistryError as error:
@@ -753,12 +762,23 @@ def _run(argv: list[str], out, err) -> tuple[int, list[Result]]:
                     "(--create-repositories does that on ECR)"
                 )
         finally:
-            result.seconds = time.monotonic() - begin
+            result.seconds += time.monotonic() - begin
 
     with concurrent.futures.ThreadPoolExecutor(
         min(jobs, len(targets)), thread_name_prefix="image"
     ) as images:
-        list(images.map(push_one, targets, results))
+        list(
+            images.map(functools.partial(attempt, pusher.push_image), targets, results)
+        )
+        # Tags move only once every image is in place by digest: a failed image leaves every
+        # tag where it was, never a release tag on some images and not on others.
+        untagged = [result.name for result in results if result.error]
+        if not untagged and not args.dry_run:
+            list(
+                images.map(
+                    functools.partial(attempt, pusher.tag_image), targets, results
+                )
+            )
     pusher.blob_pool.shutdown()
 
     print_table(registry, results, args.dry_run, out)
@@ -776,6 +796,19 @@ def _run(argv: list[str], out, err) -> tuple[int, list[Result]]:
     for result in failed:
         print(
             f"error: pushing image {result.name} to {registry.name}/{result.repository} failed: {result.error}",
+            file=err,
+        )
+    if untagged and any(result.tags for result in results):
+        pushed = [result.name for result in results if not result.error]
+        print(
+            f"error: {len(untagged)} of {len(results)} images failed ({', '.join(untagged)}), so no tag "
+            "was set or moved on any image"
+            + (
+                f"; {', '.join(pushed)} are in the registry by digest (see the table)"
+                if pushed
+                else ""
+            )
+            + ". Fix the failure and push again: what is already there is not uploaded again.",
             file=err,
         )
     if not args.dry_run:
