@@ -5,15 +5,14 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.images.images import ENTRYPOINT, HANDLERS, Image, image, read_tar_text
+from tools.registry.local_registry import LocalRegistry
 
 ARCHITECTURES = ("arm64", "amd64")
 ALL = [(arch, name) for arch in ARCHITECTURES for name in HANDLERS]
@@ -224,41 +223,10 @@ def test_umoci_unpacks_a_runnable_bundle(arch, tmp_path):
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
-    """Debian's docker-registry on a free loopback port; yields host:port."""
-    binary = require_tool("docker-registry")
-    directory = tmp_path_factory.mktemp("registry")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = directory / "registry.yml"
-    config.write_text(
-        "version: 0.1\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {directory}/data\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-        "log:\n  level: error\n"
-    )
-    with open(directory / "registry.log", "w") as log:
-        process = subprocess.Popen(
-            [binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=log
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(
-                    f"http://127.0.0.1:{port}/v2/", timeout=1
-                ).close()
-                break
-            except OSError:
-                assert process.poll() is None, (directory / "registry.log").read_text()
-                assert time.monotonic() < deadline, (
-                    "docker-registry did not answer within 30 s"
-                )
-                time.sleep(0.1)
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.kill()
-        process.wait()
+    """Debian's docker-registry on a loopback port it picks itself; yields host:port."""
+    require_tool("docker-registry")
+    with LocalRegistry(tmp_path_factory.mktemp("registry")) as server:
+        yield server.address
 
 
 @pytest.mark.parametrize(("arch", "name"), ALL)

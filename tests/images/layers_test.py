@@ -65,24 +65,26 @@ CREDENTIAL_FILES = re.compile(
 
 
 def build_machine_strings() -> dict[str, bytes]:
-    """Paths of this build that must not appear in any layer: the output base and its parent (the
-    output user root), the work tree, and Bazel's directory names."""
+    """Paths of this build that must not appear in any layer: Bazel's directory names, this test's
+    working directory and, when it runs in a local output base, that output base and its parent
+    (the output user root) and the work tree."""
     here = os.getcwd()
-    output_base = re.split(r"/(?:sandbox|execroot)/", here)[0]
-    assert output_base != here, (
-        f"the test does not run inside a Bazel output base: {here}"
-    )
     needles = {
-        "output base": output_base,
-        "output user root": os.path.dirname(output_base),
         "bazel-out": "/bazel-out/",
         "execroot": "/execroot/",
         "sandbox": "/sandbox/linux-sandbox/",
+        "test working directory": here + "/",
     }
-    # The work tree, through the symlink chain runfiles -> execroot -> source file.
+    # Locally the test runs under <output base>/execroot/ or <output base>/sandbox/; under remote
+    # execution it runs wherever the worker puts it, and there is no output base to name.
+    output_base = re.split(r"/(?:sandbox|execroot)/", here)[0]
+    if output_base != here:
+        needles["output base"] = output_base
+        needles["output user root"] = os.path.dirname(output_base)
+    # The work tree, through the symlink chain runfiles -> execroot -> source file (locally).
     source = Path("handlers/list_pending_batches/handler.py").resolve()
     workspace = str(source.parents[2])
-    if not workspace.startswith(output_base) and len(workspace) >= 8:
+    if not workspace.startswith((output_base, here)) and len(workspace) >= 8:
         needles["work tree"] = workspace + "/"
     return {what: text.encode() for what, text in needles.items()}
 
@@ -351,7 +353,7 @@ def planted_facts(tmp_path: Path, name: str, content: bytes, **header) -> LayerF
 def test_the_leak_checks_find_what_is_planted(tmp_path):
     key = b"sk-proj-" + b"A" * 20 + b"T3BlbkFJ" + b"B" * 20
     cases = [
-        ("usr/lib/x.py", b"PATH = '" + LEAKS["output base"] + b"/x'\n", {}),
+        ("usr/lib/x.py", b"PATH = '" + LEAKS["test working directory"] + b"x'\n", {}),
         (
             "usr/lib/x.pyc",
             b"\0\0\0\0" + LEAKS["bazel-out"] + b"k8-fastbuild/bin/x.py",

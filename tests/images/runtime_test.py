@@ -85,13 +85,24 @@ def python(
 
 
 @pytest.fixture(scope="module")
-def amd64_root(tmp_path_factory) -> Path:
-    """The layers all six amd64 images share, unpacked once; each test adds its image's handler layer."""
+def shared_amd64_root(tmp_path_factory) -> Path:
+    """The layers all six amd64 images share, unpacked once and never changed afterwards."""
     variants = images("amd64")
     assert all(found.layers[:-1] == variants[0].layers[:-1] for found in variants)
     return unpack(
         variants[0].layer_blobs()[:-1], tmp_path_factory.mktemp("amd64") / "rootfs"
     )
+
+
+@pytest.fixture
+def amd64_root(shared_amd64_root, tmp_path) -> Path:
+    """This test's own copy of the shared layers, to add its handler layer to.
+
+    Hard links make the copy cheap and are safe: applying a layer removes a file before writing
+    one in its place, so the shared inodes are never written through."""
+    root = tmp_path / "rootfs"
+    subprocess.run(["cp", "-al", str(shared_amd64_root), str(root)], check=True)
+    return root
 
 
 def with_handler(root: Path, found: Image) -> Path:
@@ -251,16 +262,28 @@ class RuntimeApi:
         request_id = str(uuid.uuid4())
         self.request_ids.append(request_id)
         self.events.put((request_id, json.dumps(event).encode()))
-        kind, posted_id, headers, body = self.results.get(timeout=timeout)
+        kind, posted_id, headers, body = self.next_result(
+            timeout, f"invocation {event}"
+        )
         assert posted_id == request_id, (
             f"the runtime answered {posted_id} to {request_id}"
         )
         return kind, headers, body
 
+    def next_result(self, timeout: float, awaited: str) -> tuple:
+        try:
+            return self.results.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(
+                f"the function posted no result for {awaited} within {timeout:.0f} s"
+            ) from None
+
     def close(self):
         self.stopping.set()
         self.server.shutdown()
         self.server.server_close()
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive(), "the Runtime API server did not stop in 60 s"
 
 
 @pytest.fixture
@@ -297,7 +320,7 @@ def test_awslambdaric_serves_invocations_against_dynamodb(
     amd64_root, runtime_api, moto_endpoint, tmp_path
 ):
     found = image("amd64", "list_pending_batches")
-    dynamodb = boto3.client(
+    dynamodb = boto3.session.Session().client(
         "dynamodb",
         endpoint_url=moto_endpoint,
         region_name=REGION,
@@ -395,7 +418,7 @@ def test_awslambdaric_reports_a_missing_setting_as_an_init_error(
         with_handler(amd64_root, found), found, runtime_api, env, log
     )
     try:
-        kind, posted_id, headers, body = runtime_api.results.get(timeout=120)
+        kind, posted_id, headers, body = runtime_api.next_result(120, "its init error")
         assert (kind, posted_id) == ("init/error", None), body
         error = json.loads(body)
         assert error["errorType"] == "ConfigError", error

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
 from tools.registry import client
-from tools.registry.local_registry import LocalRegistry, free_port
+from tools.registry.local_registry import LocalRegistry
 
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -185,6 +185,24 @@ class HandlerImages:
         return {name: self.build(name, generation) for name in HANDLERS}
 
 
+# --------------------------------------------------------------------------- test servers
+
+
+def serve_in_thread(server: http.server.HTTPServer) -> threading.Thread:
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return thread
+
+
+def stop_serving(server: http.server.HTTPServer, thread: threading.Thread) -> None:
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), (
+        f"{type(server).__name__} on port {server.server_address[1]} did not stop within 60 s"
+    )
+
+
 # --------------------------------------------------------------------------- auth material
 
 
@@ -221,15 +239,23 @@ class TokenServer:
     """An OAuth2-style token server for docker-registry's `auth.token` scheme.
 
     Authenticated users get every action they ask for; anonymous callers get `pull`
-    only when allow_anonymous_pull is set. Counts the tokens it issues.
+    only when allow_anonymous_pull is set. Records the claims of each token it issues. The
+    first `expired_tokens` tokens have expired ten minutes ago although the answer says they
+    last an hour: what a client holding a token past its lifetime sends.
     """
 
     service = "test-registry"
     issuer = "test-token-issuer"
 
     def __init__(
-        self, directory: Path, users: dict[str, str], allow_anonymous_pull: bool = False
+        self,
+        directory: Path,
+        users: dict[str, str],
+        allow_anonymous_pull: bool = False,
+        expired_tokens: int = 0,
     ):
+        self.expired_tokens = expired_tokens
+        self._issue_lock = threading.Lock()
 
         self.users, self.allow_anonymous_pull = users, allow_anonymous_pull
         self.issued: list[dict] = []
@@ -261,7 +287,10 @@ class TokenServer:
                     self.end_headers()
                     return
                 body = json.dumps(
-                    {"token": server.token(user, query.get("scope", []))}
+                    {
+                        "token": server.token(user, query.get("scope", [])),
+                        "expires_in": 3600,
+                    }
                 ).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -274,7 +303,7 @@ class TokenServer:
 
         self._http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.realm = f"http://127.0.0.1:{self._http.server_address[1]}/token"
-        threading.Thread(target=self._http.serve_forever, daemon=True).start()
+        self._thread = serve_in_thread(self._http)
 
     def authenticate(self, header: str) -> str | None:
         """The user name, "" for anonymous, None for wrong credentials."""
@@ -298,18 +327,21 @@ class TokenServer:
             if not user and not self.allow_anonymous_pull:
                 granted = []
             access.append({"type": kind, "name": name, "actions": granted})
-        now = int(time.time())
-        claims = {
-            "iss": self.issuer,
-            "sub": user,
-            "aud": self.service,
-            "exp": now + 300,
-            "nbf": now - 10,
-            "iat": now,
-            "jti": secrets.token_hex(8),
-            "access": access,
-        }
-        self.issued.append(claims)
+        with self._issue_lock:
+            now = int(time.time())
+            if len(self.issued) < self.expired_tokens:
+                now -= 1200  # beyond docker-registry's leeway for clock skew
+            claims = {
+                "iss": self.issuer,
+                "sub": user,
+                "aud": self.service,
+                "exp": now + 300,
+                "nbf": now - 10,
+                "iat": now,
+                "jti": secrets.token_hex(8),
+                "access": access,
+            }
+            self.issued.append(claims)
         header = {"typ": "JWT", "alg": "RS256", "kid": self._kid}
         signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
         signature = self._key.sign(
@@ -328,8 +360,7 @@ class TokenServer:
         }
 
     def close(self) -> None:
-        self._http.shutdown()
-        self._http.server_close()
+        stop_serving(self._http, self._thread)
 
 
 # --------------------------------------------------------------------------- fault injection
@@ -339,8 +370,13 @@ class TokenServer:
 class Fault:
     """Fails the first `times` requests whose method and path match.
 
-    action: "500" or "429" (a response, not forwarded), "drop" (forward half of the
-    request body to the registry, then cut both connections).
+    action: "500" or "429" (a response, not forwarded); "404" (the registry's not-found answer
+    for the path: an unknown upload session, manifest or blob); "drop" (forward half of the
+    request body to the registry, then cut both connections); "unmount" (forward a mount
+    request without its mount, so the registry answers 202 with a new upload session, as
+    registries that cannot mount do); "redirect" (307 to the proxy's `redirect_to` + path);
+    "unauthorized" (forward without the Authorization header, so the registry answers 401 with
+    its challenge, as it does once a token has expired).
     """
 
     method: str
@@ -356,6 +392,7 @@ class FaultProxy:
     def __init__(self, upstream_port: int):
         self.upstream_port = upstream_port
         self.faults: list[Fault] = []
+        self.redirect_to = ""
         self.requests: list[tuple[str, str]] = []
         self.injected: list[tuple[str, str, str]] = []
         self._lock = threading.Lock()
@@ -379,13 +416,53 @@ class FaultProxy:
                     self.end_headers()
                     self.wfile.write(body)
                     return
+                if fault and fault.action in ("404", "redirect"):
+                    self.rfile.read(length)
+                    if fault.action == "404":
+                        code = (
+                            "BLOB_UPLOAD_UNKNOWN"
+                            if "/uploads/" in self.path
+                            else "MANIFEST_UNKNOWN"
+                            if "/manifests/" in self.path
+                            else "BLOB_UNKNOWN"
+                        )
+                        body = json.dumps(
+                            {"errors": [{"code": code, "message": "injected"}]}
+                        ).encode()
+                        self.send_response(404)
+                    else:
+                        body = b""
+                        self.send_response(307)
+                        self.send_header("Location", proxy.redirect_to + self.path)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(body)
+                    return
+                path = self.path
+                if fault and fault.action == "unmount":
+                    split = urllib.parse.urlsplit(path)
+                    query = [
+                        (key, value)
+                        for key, value in urllib.parse.parse_qsl(split.query)
+                        if key not in ("mount", "from")
+                    ]
+                    path = urllib.parse.urlunsplit(
+                        ("", "", split.path, urllib.parse.urlencode(query), "")
+                    )
                 upstream = http.client.HTTPConnection(
                     "127.0.0.1", proxy.upstream_port, timeout=60
                 )
                 upstream.putrequest(
-                    self.command, self.path, skip_host=True, skip_accept_encoding=True
+                    self.command, path, skip_host=True, skip_accept_encoding=True
                 )
                 for key, value in self.headers.items():
+                    if (
+                        fault
+                        and fault.action == "unauthorized"
+                        and key.lower() == "authorization"
+                    ):
+                        continue
                     upstream.putheader(key, value)
                 upstream.endheaders()
                 if fault and fault.action == "drop":
@@ -429,7 +506,7 @@ class FaultProxy:
 
         self._http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self._http.server_address[1]
-        threading.Thread(target=self._http.serve_forever, daemon=True).start()
+        self._thread = serve_in_thread(self._http)
 
     @property
     def url(self) -> str:
@@ -450,8 +527,38 @@ class FaultProxy:
         return None
 
     def close(self) -> None:
-        self._http.shutdown()
-        self._http.server_close()
+        stop_serving(self._http, self._thread)
+
+
+class BlobStore:
+    """Another host serving blobs by digest, as S3 does for ECR's redirected blob GETs; records
+    the headers of each request it gets."""
+
+    def __init__(self, blobs: dict[str, bytes]):
+        self.blobs = blobs
+        self.requests: list[dict[str, str]] = []
+        store = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                store.requests.append(dict(self.headers.items()))
+                digest = self.path.rsplit("/", 1)[-1]
+                body = store.blobs.get(digest)
+                self.send_response(200 if body is not None else 404)
+                self.send_header("Content-Length", str(len(body or b"")))
+                self.end_headers()
+                self.wfile.write(body or b"")
+
+            def log_message(self, *args):
+                pass
+
+        self._http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        # "localhost", not 127.0.0.1: another host name than the registry's, as S3's is.
+        self.url = f"http://localhost:{self._http.server_address[1]}"
+        self._thread = serve_in_thread(self._http)
+
+    def close(self) -> None:
+        stop_serving(self._http, self._thread)
 
 
 # --------------------------------------------------------------------------- running things
@@ -485,8 +592,13 @@ def skopeo_copy(source: str, destination: str, *extra: str) -> None:
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stderr}"
 
 
-def free_loopback_port() -> int:
-    return free_port()
+@contextlib.contextmanager
+def refused_port():
+    """A loopback port bound but not listening while the context lasts: connecting is refused,
+    and no other test can start a server on it meanwhile."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]
 
 
 @dataclasses.dataclass

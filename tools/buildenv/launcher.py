@@ -364,10 +364,22 @@ def remote_cache_lines() -> list[str]:
     try:
         url = ensure_server.ensure_server(config, timeout=600)
     except ensure_server.CacheServerError as error:
-        # A cache must never fail a build: say why and build without it.
-        progress(f"remote cache disabled: {error}")
+        # A cache must never fail a build: say why in one line and build without it.
+        progress(
+            f"remote cache disabled: {one_line(error)}; building without it (fix the cause, "
+            f"or unset BAZEL_CACHE_S3_BUCKET to stop using the cache)"
+        )
         return []
     return ensure_server.bazelrc_lines(url)
+
+
+def one_line(error: Exception) -> str:
+    """An error whose message ends with a log excerpt, as one line: its first line and the
+    excerpt's last, which is where a server's traceback names what went wrong."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(error).__name__
+    return f"{lines[0].rstrip(':')} (last: {lines[-1]})"
 
 
 def bazel_rc(cache: Path, remote_cache: list[str]) -> Path:

@@ -1,9 +1,12 @@
 """The launcher's recipe versioning, mount plan and one-line errors."""
 
+import errno
 import os
+import shlex
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import launcher
@@ -63,15 +66,16 @@ def test_environment_path_is_versioned_by_recipe(recipe, tmp_path, monkeypatch):
 
 
 def test_unreachable_mirror_names_the_url(monkeypatch):
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
-    monkeypatch.setattr(launcher, "MIRROR", f"http://127.0.0.1:{port}/debian")
-    with pytest.raises(
-        launcher.LauncherError,
-        match=f"unreachable: http://127.0.0.1:{port}/debian/dists/trixie/Release",
-    ):
-        launcher.check_mirror()
+    # Bound but not listening while the check runs: refused, and no one else can serve there.
+    with socket.socket() as refusing:
+        refusing.bind(("127.0.0.1", 0))
+        port = refusing.getsockname()[1]
+        monkeypatch.setattr(launcher, "MIRROR", f"http://127.0.0.1:{port}/debian")
+        with pytest.raises(
+            launcher.LauncherError,
+            match=f"unreachable: http://127.0.0.1:{port}/debian/dists/trixie/Release",
+        ):
+            launcher.check_mirror()
 
 
 def test_disk_full_is_one_clear_line(tmp_path, monkeypatch):
@@ -174,3 +178,76 @@ def test_bazel_version_must_match_bazelversion(tmp_path, monkeypatch):
         match="asks for Bazel 8.0.0 but the build environment has 7.7.1",
     ):
         launcher.check_bazel_version(tmp_path)
+
+
+@pytest.fixture
+def provisioning(tmp_path, monkeypatch):
+    """provision() with an mmdebstrap stand-in that fills in part of the root, then reports
+    what mmdebstrap reports when the disk fills up."""
+    fake = tmp_path / "mmdebstrap"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'for argument; do case "$argument" in */root) target="$argument" ;; esac; done\n'
+        'mkdir -p "$target/usr" && echo partial > "$target/usr/half-written"\n'
+        "echo 'I: extracting archives...'\n"
+        "echo 'tar: ./usr/lib/jvm/libjvm.so: Cannot write: No space left on device'\n"
+        "echo 'E: mmdebstrap failed to extract'\n"
+        "exit 1\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setattr(launcher, "ensure_mmdebstrap", lambda: str(fake))
+    monkeypatch.setattr(launcher, "check_mirror", lambda: None)
+    monkeypatch.setattr(launcher, "NEEDED_BYTES", 0)
+    return tmp_path / "buildenv" / "0123abcd"
+
+
+def test_disk_full_during_provisioning_is_one_line_and_leaves_nothing(provisioning):
+    provisioning.parent.mkdir()
+    with pytest.raises(launcher.LauncherError) as raised:
+        launcher.provision(provisioning)
+    message = str(raised.value)
+    assert message == (
+        f"disk full while provisioning under {provisioning.parent}; free space or set "
+        "XDG_CACHE_HOME to another disk"
+    )
+    assert list(provisioning.parent.iterdir()) == [], "no half-made environment is left"
+
+
+def test_disk_full_raised_by_provisioning_itself_is_the_same_line(
+    recipe, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+    def no_space(environment):
+        raise OSError(errno.ENOSPC, "No space left on device", str(environment))
+
+    monkeypatch.setattr(launcher, "provision", no_space)
+    with pytest.raises(launcher.LauncherError, match=r"^disk full while provisioning"):
+        launcher.ensure_environment()
+
+
+def test_a_cache_server_that_fails_to_start_is_one_line_and_the_build_goes_on(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.delenv(launcher.NO_REMOTE_CACHE_VARIABLE, raising=False)
+    monkeypatch.setenv("BAZEL_CACHE_CONFIG", str(tmp_path / "absent"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("BAZEL_CACHE_S3_BUCKET", "team-cache")
+    crash = (
+        "import sys; print('Traceback (most recent call last):', file=sys.stderr); "
+        "sys.exit('botocore.exceptions.NoCredentialsError: Unable to locate credentials')"
+    )
+    monkeypatch.setenv(
+        "BAZEL_CACHE_SERVER_COMMAND", f"{sys.executable} -c {shlex.quote(crash)}"
+    )
+
+    assert launcher.remote_cache_lines() == []
+
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    (line,) = lines
+    assert line.startswith(
+        "buildenv: remote cache disabled: the cache server exited with status 1"
+    )
+    assert "Unable to locate credentials" in line
+    assert "unset BAZEL_CACHE_S3_BUCKET" in line

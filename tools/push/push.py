@@ -6,616 +6,29 @@ them; both run this tool with the images their Bazel targets built.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
-import dataclasses
-import json
+import functools
 import os
-import subprocess
 import sys
-import threading
 import time
-import tomllib
-from collections import defaultdict
 from pathlib import Path
 
+from tools.push.options import ENV_REGISTRY, UsageError, parse_args
+from tools.push.pusher import Pusher, Result
+from tools.push.report import human_bytes, print_table, shown_path, write_references
+from tools.push.targets import (
+    Target,
+    git_commit,
+    load_config,
+    load_targets,
+    resolve_repositories,
+    resolve_tags,
+    user_path,
+)
 from tools.registry import client, ecr, layout
 from tools.registry.local_registry import LocalRegistry
 
-ENV_REGISTRY = "PUSH_REGISTRY"
-ENV_REPOSITORY_PREFIX = "PUSH_REPOSITORY_PREFIX"
-DEFAULT_LOCAL_PORT = 5055
-CONFIG_KEYS = {
-    "registry": str,
-    "registry_endpoint": str,
-    "repository_prefix": str,
-    "repositories": dict,
-    "create_repositories": bool,
-    "immutable_tags": bool,
-    "jobs": int,
-}
-
-EPILOG = f"""\
-where images go, first match wins:
-  registry:    --registry, then ${ENV_REGISTRY}, then `registry` in the config file, else a
-               local registry on 127.0.0.1:{DEFAULT_LOCAL_PORT} that this tool starts (Debian's
-               docker-registry, storage in the Bazel cache directory) and leaves running.
-  repository:  --repository, then `repositories.<image>` in the config file, else the
-               repository prefix (--repository-prefix, ${ENV_REPOSITORY_PREFIX}, `repository_prefix`)
-               followed by the oci_push target's `repository` (default: the image name).
-
-auth:
-  ECR registries (<account>.dkr.ecr.<region>.amazonaws.com) use boto3's
-  get_authorization_token with the standard AWS credential chain and region; other
-  registries use Docker's config.json (DOCKER_CONFIG, `docker login`/`skopeo login`
-  credentials, credential helpers) or anonymous/token auth as the registry's
-  WWW-Authenticate challenge asks.
-
-tags:
-  The manifest is pushed by digest first; tags follow only once the registry has it.
-  Default tag: the git commit (40 hex digits) when the work tree has no uncommitted
-  changes to tracked files; none otherwise. --tag replaces that default; --latest adds
-  `latest`; the oci_push target's remote_tags are always added.
-
-config file (TOML; keys: {", ".join(CONFIG_KEYS)}):
-  registry = "123456789012.dkr.ecr.eu-west-1.amazonaws.com"
-  repository_prefix = "receipts/"
-  create_repositories = true
-
-output:
-  A table of image -> repository@digest with bytes uploaded, already present (skipped)
-  and mounted (from another repository of the registry), and a JSON file for IaC tools:
-  {{"images": {{"<image>": {{"reference": "<registry>/<repo>@sha256:...", "digest": ...,
-  "repository": ..., "registry": ..., "tags": [...], "platform": ...}}}}}}
-  Exit status: 0 all pushed, 1 a push failed, 2 bad usage or configuration.
-
-examples:
-  bazel run //:push -- --registry 123456789012.dkr.ecr.eu-west-1.amazonaws.com --create-repositories
-  bazel run //handlers/submit_to_openai:push -- --dry-run
-  {ENV_REGISTRY}=registry.example.com bazel run //:push -- --tag v1.2.0 --latest
-"""
-
-
-class UsageError(Exception):
-    pass
-
-
-@dataclasses.dataclass
-class Target:
-    name: str
-    layout: Path
-    repository: str = ""
-    tags: tuple[str, ...] = ()
-
-
-@dataclasses.dataclass
-class Result:
-    name: str
-    repository: str
-    image: layout.Image | None = None
-    tags: list[str] = dataclasses.field(default_factory=list)
-    uploaded: int = 0  # blob and manifest bytes the registry did not have
-    skipped: int = 0  # blob bytes already in the repository
-    mounted: int = 0  # blob bytes mounted from another repository of the registry
-    uploaded_blobs: list[str] = dataclasses.field(default_factory=list)
-    manifest_uploaded: bool = False
-    seconds: float = 0.0
-    error: str = ""
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="push",
-        description=__doc__,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    images = parser.add_argument_group("images (the Bazel target passes these)")
-    images.add_argument(
-        "--targets",
-        type=Path,
-        metavar="FILE",
-        help="JSON list of {name, layout, repository, tags} written by oci_push",
-    )
-    images.add_argument(
-        "--image",
-        action="append",
-        default=[],
-        metavar="NAME=LAYOUT_DIR",
-        help="an image to push, given as its OCI image layout directory (repeatable)",
-    )
-    images.add_argument(
-        "--platform",
-        metavar="OS/ARCH",
-        help="the image to push when a layout holds several (e.g. linux/arm64); Lambda takes one architecture",
-    )
-    where = parser.add_argument_group("where to")
-    where.add_argument(
-        "--registry", help=f"HOST[:PORT] or http(s)://HOST[:PORT] (env {ENV_REGISTRY})"
-    )
-    where.add_argument(
-        "--repository",
-        action="append",
-        default=[],
-        metavar="[IMAGE=]REPO",
-        help="repository for an image (repeatable); plain REPO when pushing one image",
-    )
-    where.add_argument(
-        "--repository-prefix",
-        metavar="PREFIX",
-        help=f"prepended to each image's default repository (env {ENV_REPOSITORY_PREFIX})",
-    )
-    where.add_argument(
-        "--registry-endpoint",
-        metavar="URL",
-        help="connect to this URL instead of the registry's own address (a proxy, a tunnel, a test "
-        "server); auth and references still use --registry",
-    )
-    where.add_argument(
-        "--plain-http",
-        action="store_true",
-        help="talk http:// to a registry that is not on loopback (default: https)",
-    )
-    where.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="TOML config file (the target passes the checked-in tools/push/push.toml)",
-    )
-    ecr_group = parser.add_argument_group("Amazon ECR")
-    ecr_group.add_argument(
-        "--create-repositories",
-        action="store_true",
-        default=None,
-        help="create missing ECR repositories (scan on push enabled)",
-    )
-    ecr_group.add_argument(
-        "--immutable-tags",
-        action="store_true",
-        default=None,
-        help="with --create-repositories: create them with immutable tags",
-    )
-    tags = parser.add_argument_group("tags")
-    tags.add_argument(
-        "--tag",
-        action="append",
-        default=[],
-        help="tag to set after the manifest is pushed (repeatable)",
-    )
-    tags.add_argument("--latest", action="store_true", help="also tag `latest`")
-    behaviour = parser.add_argument_group("behaviour")
-    behaviour.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="show what would be uploaded; upload nothing",
-    )
-    behaviour.add_argument(
-        "--jobs",
-        type=int,
-        metavar="N",
-        help="images and blobs transferred at once (default 4)",
-    )
-    behaviour.add_argument(
-        "--retries",
-        type=int,
-        default=5,
-        metavar="N",
-        help="retries of a failed request (5xx, 429, dropped connection), with backoff (default 5)",
-    )
-    behaviour.add_argument(
-        "--chunk-size",
-        type=int,
-        default=16 << 20,
-        metavar="BYTES",
-        help="blobs up to this size go in one PUT, larger ones in PATCH chunks of this size "
-        "(default 16 MiB; ECR needs at least 5 MiB)",
-    )
-    behaviour.add_argument(
-        "--output-json",
-        type=Path,
-        metavar="FILE",
-        help="where to write the image -> reference map (the target passes bazel-bin/<package>/<name>-references.json)",
-    )
-    behaviour.add_argument(
-        "-v", "--verbose", action="store_true", help="log retries and each blob"
-    )
-    local = parser.add_argument_group(
-        "embedded local registry (used when no registry is configured)"
-    )
-    local.add_argument(
-        "--local-registry-dir",
-        type=Path,
-        metavar="DIR",
-        help="its storage (default: oci-push-local-registry next to the Bazel output bases)",
-    )
-    local.add_argument(
-        "--local-registry-port",
-        type=int,
-        metavar="PORT",
-        default=DEFAULT_LOCAL_PORT,
-        help=f"its port (default {DEFAULT_LOCAL_PORT})",
-    )
-    local.add_argument(
-        "--stop-local-registry",
-        action="store_true",
-        help="stop the local registry this tool started, and exit",
-    )
-    return parser.parse_args(argv)
-
-
-# --------------------------------------------------------------------------- configuration
-
-
-def load_config(path: Path | None) -> dict:
-    if path is None:
-        return {}
-    try:
-        config = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as error:
-        raise UsageError(f"config file {path} is not valid TOML: {error}") from None
-    for key, value in config.items():
-        if key not in CONFIG_KEYS:
-            raise UsageError(
-                f"config file {path}: unknown key {key!r}; known keys: {', '.join(CONFIG_KEYS)}"
-            )
-        if not isinstance(value, CONFIG_KEYS[key]):
-            raise UsageError(
-                f"config file {path}: {key} must be a {CONFIG_KEYS[key].__name__}"
-            )
-    return config
-
-
-def user_path(path: Path) -> Path:
-    """Relative paths on the command line are relative to where `bazel run` was started."""
-    return Path(os.environ.get("BUILD_WORKING_DIRECTORY", ".")) / path
-
-
-def runfiles_path(rlocation: str) -> Path:
-    root = os.environ.get("RUNFILES_DIR")
-    return Path(root) / rlocation if root else Path(rlocation)
-
-
-def load_targets(args: argparse.Namespace) -> list[Target]:
-    targets = []
-    if args.targets:
-        for entry in json.loads(args.targets.read_text()):
-            targets.append(
-                Target(
-                    entry["name"],
-                    runfiles_path(entry["layout"]),
-                    entry.get("repository", ""),
-                    tuple(entry.get("tags", ())),
-                )
-            )
-    for spec in args.image:
-        name, separator, path = spec.partition("=")
-        if not separator or not name or not path:
-            raise UsageError(f"--image {spec!r}: expected NAME=LAYOUT_DIR")
-        targets.append(Target(name, user_path(Path(path))))
-    if not targets:
-        raise UsageError(
-            "no images to push; run a Bazel push target or pass --image NAME=LAYOUT_DIR"
-        )
-    names = [target.name for target in targets]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise UsageError(f"image name {', '.join(duplicates)} given more than once")
-    return targets
-
-
-def resolve_repositories(
-    args: argparse.Namespace, config: dict, targets: list[Target]
-) -> None:
-    explicit: dict[str, str] = {}
-    for spec in args.repository:
-        name, separator, repository = spec.rpartition("=")
-        if not separator:
-            if len(targets) != 1:
-                raise UsageError(
-                    f"--repository {spec!r} without IMAGE= is ambiguous with {len(targets)} images; "
-                    "use --repository IMAGE=REPO"
-                )
-            name, repository = targets[0].name, spec
-        explicit[name] = repository
-    unknown = sorted(set(explicit) - {target.name for target in targets})
-    if unknown:
-        raise UsageError(f"--repository names unknown image {', '.join(unknown)}")
-    prefix = args.repository_prefix
-    if prefix is None:
-        prefix = os.environ.get(ENV_REPOSITORY_PREFIX) or config.get(
-            "repository_prefix", ""
-        )
-    configured = config.get("repositories", {})
-    for target in targets:
-        repository = explicit.get(target.name) or configured.get(target.name)
-        if not repository:
-            repository = prefix + (target.repository or target.name)
-        try:
-            target.repository = client.check_repository(repository)
-        except client.RegistryError as error:
-            raise UsageError(f"image {target.name}: {error}") from None
-
-
-def git_commit() -> tuple[str | None, str]:
-    """The commit to tag with if the work tree is clean, and a note explaining when there is none."""
-    workspace = os.environ.get("BUILD_WORKSPACE_DIRECTORY", ".")
-    try:
-        status = subprocess.run(
-            ["git", "-C", workspace, "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        commit = subprocess.run(
-            ["git", "-C", workspace, "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return (
-            None,
-            "no git commit to tag with (not a git checkout, or git is missing); pushed by digest only",
-        )
-    if status.strip():
-        return (
-            None,
-            "the work tree has uncommitted changes, so no commit tag; pushed by digest only",
-        )
-    return commit, ""
-
-
-def resolve_tags(
-    args: argparse.Namespace, target: Target, default_tags: list[str]
-) -> list[str]:
-    tags = list(args.tag) if args.tag else list(default_tags)
-    tags += list(target.tags)
-    if args.latest:
-        tags.append("latest")
-    for tag in tags:
-        client.check_tag(tag)
-    return list(dict.fromkeys(tags))
-
-
-# --------------------------------------------------------------------------- pushing
-
-
-class BlobLedger:
-    """Which repository of the registry is known to hold each blob, plus one lock per blob,
-    so images pushed concurrently upload a shared layer once and mount it everywhere else."""
-
-    def __init__(self):
-        self._guard = threading.Lock()
-        self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
-        self._holders: dict[str, str] = {}
-
-    def lock(self, digest: str) -> threading.Lock:
-        with self._guard:
-            return self._locks[digest]
-
-    def holder(self, digest: str) -> str | None:
-        with self._guard:
-            return self._holders.get(digest)
-
-    def record(self, digest: str, repository: str) -> None:
-        with self._guard:
-            self._holders.setdefault(digest, repository)
-
-
-class Pusher:
-    def __init__(
-        self,
-        registry: client.Registry,
-        jobs: int,
-        dry_run: bool,
-        repositories: list[str],
-        log,
-    ):
-        self.registry = registry
-        self.dry_run = dry_run
-        self.repositories = sorted(set(repositories))
-        self.ledger = BlobLedger()
-        self.blob_pool = concurrent.futures.ThreadPoolExecutor(
-            jobs, thread_name_prefix="blob"
-        )
-        self.log = log
-
-    def push_blob(self, repository: str, blob: layout.Blob) -> str:
-        """Makes `repository` hold `blob`: 'present', 'mounted' or 'uploaded' (or what would happen)."""
-        registry = self.registry
-        if registry.blob_size(repository, blob.digest, "pull,push") is not None:
-            self.ledger.record(blob.digest, repository)
-            return "present"
-        with self.ledger.lock(blob.digest):
-            sources = [self.ledger.holder(blob.digest)]
-            if sources[0] == repository:
-                return "present"  # another image of the same repository just pushed it
-            if sources[0] is None:
-                sources = [other for other in self.repositories if other != repository]
-                sources = [
-                    other
-                    for other in sources
-                    if registry.blob_size(other, blob.digest) is not None
-                ]
-            if self.dry_run:
-                return "mounted" if sources else "uploaded"
-            location = None
-            for source in sources[:1]:
-                try:
-                    location = registry.mount_blob(repository, blob.digest, source)
-                except (client.AuthError, client.NotFoundError):
-                    location = None  # no pull access to the source: upload instead
-                else:
-                    if location is None:
-                        self.ledger.record(blob.digest, repository)
-                        self.log(
-                            f"mounted {blob.digest} from {source} into {repository}"
-                        )
-                        return "mounted"
-            registry.upload_blob(
-                repository, blob.digest, blob.path, blob.size, location
-            )
-            self.ledger.record(blob.digest, repository)
-            self.log(f"uploaded {blob.digest} ({blob.size} bytes) to {repository}")
-            return "uploaded"
-
-    def push_image(self, target: Target, result: Result) -> None:
-        image, repository = result.image, target.repository
-        futures = {
-            self.blob_pool.submit(self.push_blob, repository, blob): blob
-            for blob in image.blobs
-        }
-        failures = []
-        for future, blob in futures.items():
-            try:
-                outcome = future.result()
-            except client.RegistryError as error:
-                failures.append(
-                    f"blob {blob.digest} ({blob.media_type}, {blob.path}): {error}"
-                )
-                continue
-            if outcome == "present":
-                result.skipped += blob.size
-            elif outcome == "mounted":
-                result.mounted += blob.size
-            else:
-                result.uploaded += blob.size
-                result.uploaded_blobs.append(blob.digest)
-        if failures:
-            raise client.RegistryError("; ".join(failures))
-        registry = self.registry
-        if (
-            registry.manifest_digest(repository, image.digest, "pull,push")
-            != image.digest
-        ):
-            result.uploaded += len(image.manifest)
-            result.manifest_uploaded = True
-            if self.dry_run:
-                return
-            registry.put_manifest(
-                repository, image.digest, image.manifest, image.media_type
-            )
-        if self.dry_run:
-            return
-        # Tags only ever point at a manifest the registry confirms it has.
-        if (
-            registry.manifest_digest(repository, image.digest, "pull,push")
-            != image.digest
-        ):
-            raise client.RegistryError(
-                f"{registry.name} accepted manifest {image.digest} of {repository} but does not serve it; "
-                "no tag was set"
-            )
-        for tag in result.tags:
-            if registry.manifest_digest(repository, tag, "pull,push") == image.digest:
-                continue
-            registry.put_manifest(repository, tag, image.manifest, image.media_type)
-            result.uploaded += len(image.manifest)
-
-
-def human_bytes(count: int) -> str:
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
-def reference(registry: client.Registry, result: Result) -> str:
-    return (
-        f"{registry.name}/{result.repository}@{result.image.digest}"
-        if result.image
-        else ""
-    )
-
-
-def print_table(
-    registry: client.Registry, results: list[Result], dry_run: bool, out
-) -> None:
-    headers = [
-        "IMAGE",
-        "REFERENCE",
-        "WOULD UPLOAD" if dry_run else "UPLOADED",
-        "PRESENT",
-        "MOUNTED",
-        "TIME",
-        "TAGS",
-    ]
-    rows = []
-    for result in results:
-        if result.error:
-            rows.append(
-                [
-                    result.name,
-                    f"FAILED ({result.repository})",
-                    "",
-                    "",
-                    "",
-                    f"{result.seconds:.1f}s",
-                    "",
-                ]
-            )
-            continue
-        rows.append(
-            [
-                result.name,
-                reference(registry, result),
-                human_bytes(result.uploaded),
-                human_bytes(result.skipped),
-                human_bytes(result.mounted),
-                f"{result.seconds:.1f}s",
-                ",".join(result.tags) or "-",
-            ]
-        )
-    widths = [
-        max(len(str(row[column])) for row in [headers, *rows])
-        for column in range(len(headers))
-    ]
-    for row in [headers, *rows]:
-        print(
-            "  ".join(
-                str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)
-            ).rstrip(),
-            file=out,
-        )
-
-
-def write_references(
-    path: Path, registry: client.Registry, results: list[Result]
-) -> None:
-    images = {}
-    for result in results:
-        if result.error or not result.image:
-            continue
-        images[result.name] = {
-            "digest": result.image.digest,
-            "platform": result.image.platform,
-            "reference": reference(registry, result),
-            "registry": registry.name,
-            "repository": result.repository,
-            "tags": result.tags,
-        }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    temporary.write_text(
-        json.dumps({"images": images}, indent=2, sort_keys=True) + "\n"
-    )
-    os.replace(temporary, path)
-
-
-def shown_path(path: Path) -> Path:
-    """`path` as bazel-bin/... when it is under the workspace's bazel-bin, which reads better."""
-    workspace = os.environ.get("BUILD_WORKSPACE_DIRECTORY")
-    if workspace:
-        bazel_bin = Path(workspace, "bazel-bin")
-        try:
-            return Path("bazel-bin") / path.resolve().relative_to(bazel_bin.resolve())
-        except (OSError, ValueError):
-            pass
-    return path
+__all__ = ["Result", "Target", "UsageError", "human_bytes", "main", "run"]
 
 
 def default_local_registry_dir() -> Path:
@@ -738,10 +151,10 @@ def _run(argv: list[str], out, err) -> tuple[int, list[Result]]:
     jobs = args.jobs or config.get("jobs") or 4
     pusher = Pusher(registry, jobs, args.dry_run, [t.repository for t in targets], log)
 
-    def push_one(target: Target, result: Result) -> None:
+    def attempt(step, target: Target, result: Result) -> None:
         begin = time.monotonic()
         try:
-            pusher.push_image(target, result)
+            step(target, result)
         except OSError as error:
             result.error = f"cannot read the image layout: {error}"
         except client.RegistryError as error:
@@ -752,12 +165,23 @@ def _run(argv: list[str], out, err) -> tuple[int, list[Result]]:
                     "(--create-repositories does that on ECR)"
                 )
         finally:
-            result.seconds = time.monotonic() - begin
+            result.seconds += time.monotonic() - begin
 
     with concurrent.futures.ThreadPoolExecutor(
         min(jobs, len(targets)), thread_name_prefix="image"
     ) as images:
-        list(images.map(push_one, targets, results))
+        list(
+            images.map(functools.partial(attempt, pusher.push_image), targets, results)
+        )
+        # Tags move only once every image is in place by digest: a failed image leaves every
+        # tag where it was, never a release tag on some images and not on others.
+        untagged = [result.name for result in results if result.error]
+        if not untagged and not args.dry_run:
+            list(
+                images.map(
+                    functools.partial(attempt, pusher.tag_image), targets, results
+                )
+            )
     pusher.blob_pool.shutdown()
 
     print_table(registry, results, args.dry_run, out)
@@ -775,6 +199,19 @@ def _run(argv: list[str], out, err) -> tuple[int, list[Result]]:
     for result in failed:
         print(
             f"error: pushing image {result.name} to {registry.name}/{result.repository} failed: {result.error}",
+            file=err,
+        )
+    if untagged and any(result.tags for result in results):
+        pushed = [result.name for result in results if not result.error]
+        print(
+            f"error: {len(untagged)} of {len(results)} images failed ({', '.join(untagged)}), so no tag "
+            "was set or moved on any image"
+            + (
+                f"; {', '.join(pushed)} are in the registry by digest (see the table)"
+                if pushed
+                else ""
+            )
+            + ". Fix the failure and push again: what is already there is not uploaded again.",
             file=err,
         )
     if not args.dry_run:

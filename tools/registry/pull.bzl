@@ -100,7 +100,19 @@ def _oci_pull_impl(rctx):
     if not python:
         fail("oci_pull needs python3 on PATH (the build environment has /usr/bin/python3)")
     script = rctx.path(Label("//tools/registry:pull.py"))
-    for module in ("client.py", "ecr.py", "layout.py"):
+    client = ["client/%s.py" % name for name in [
+        "__init__",
+        "address",
+        "auth",
+        "credentials",
+        "errors",
+        "fetch",
+        "names",
+        "transport",
+        "wire",
+        "write",
+    ]]
+    for module in client + ["ecr.py", "layout.py"]:
         rctx.path(Label("//tools/registry:" + module))  # refetch when the fetcher's code changes
     source_root = script.dirname.dirname.dirname
     command = [

@@ -121,7 +121,12 @@ class ReceiptDynamoClient:
         if not table_name:
             raise ValueError("table_name is empty; pass the DynamoDB table's name")
         self.table_name = table_name
-        self._dynamodb = dynamodb if dynamodb is not None else boto3.client("dynamodb")
+        # A session of its own: boto3's shared default session is not thread-safe.
+        self._dynamodb = (
+            dynamodb
+            if dynamodb is not None
+            else boto3.session.Session().client("dynamodb")
+        )
         self._sleep = sleep
 
     # Generic reads and writes

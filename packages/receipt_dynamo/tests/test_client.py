@@ -44,6 +44,49 @@ class DropsHalfOfEachBatch:
         return self._client.batch_write_item(RequestItems=RequestItems)
 
 
+class DropsHalfOfEachGet:
+    """Passes calls to the real client but leaves half of every batch get unprocessed, `times` times."""
+
+    def __init__(self, client, times=1):
+        self._client, self.times, self.requested = client, times, []
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def batch_get_item(self, RequestItems):
+        ((table, request),) = RequestItems.items()
+        self.requested.append(len(request["Keys"]))
+        if self.times > 0:
+            self.times -= 1
+            half = len(request["Keys"]) // 2
+            kept = {**request, "Keys": request["Keys"][:half]}
+            response = (
+                self._client.batch_get_item(RequestItems={table: kept})
+                if half
+                else {"Responses": {table: []}}
+            )
+            response["UnprocessedKeys"] = {
+                table: {**request, "Keys": request["Keys"][half:]}
+            }
+            return response
+        return self._client.batch_get_item(RequestItems=RequestItems)
+
+
+class QueriesInPagesOf:
+    """Passes calls to the real client, asking moto for at most `limit` items per query page, so
+    results come back in many pages (DynamoDB pages at 1 MB; moto does not)."""
+
+    def __init__(self, client, limit):
+        self._client, self.limit, self.pages = client, limit, 0
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def query(self, **query):
+        self.pages += 1
+        return self._client.query(**{"Limit": self.limit, **query})
+
+
 @pytest.fixture
 def dynamo(aws):
     return ReceiptDynamoClient(aws.table_name, aws.dynamodb, sleep=lambda _: None)
@@ -187,3 +230,82 @@ def test_lock_is_exclusive_until_it_expires_and_only_its_owner_refreshes_or_rele
 def test_an_expired_lock_cannot_be_refreshed_even_by_its_owner(dynamo):
     assert dynamo.acquire_lock("receipt_lines", "a", 10, now=1000)
     assert not dynamo.refresh_lock("receipt_lines", "a", 10, now=1011)
+
+
+def _key(line):
+    item = line.to_item()
+    return {"PK": item["PK"], "SK": item["SK"]}
+
+
+def test_get_items_over_100_keys_in_order_with_duplicates_and_missing_keys(aws):
+    lines = _lines(230)
+    counting = DropsHalfOfEachGet(aws.dynamodb, times=0)
+    dynamo = ReceiptDynamoClient(aws.table_name, counting, sleep=lambda _: None)
+    dynamo.put_many(lines[:-5])  # the last five are never written
+    wanted = [_key(line) for line in reversed(lines)] + [_key(lines[0])]
+
+    found = dynamo.get_items(wanted)
+
+    expected = [line.line_id for line in reversed(lines[:-5])] + [1]
+    assert [ReceiptLine.from_item(item).line_id for item in found] == expected
+    assert counting.requested == [100, 100, 30], "at most 100 keys per BatchGetItem"
+
+
+def test_get_items_retries_unprocessed_keys_with_growing_backoff(aws):
+    lines = _lines(120)
+    waits = []
+    flaky = DropsHalfOfEachGet(aws.dynamodb, times=3)
+    dynamo = ReceiptDynamoClient(aws.table_name, flaky, sleep=waits.append)
+    dynamo.put_many(lines)
+
+    found = dynamo.get_items([_key(line) for line in lines])
+
+    assert [ReceiptLine.from_item(item).line_id for item in found] == list(
+        range(1, 121)
+    )
+    # 100 keys: 50 unprocessed, then 25, then 13; then the remaining 20 keys.
+    assert flaky.requested == [100, 50, 25, 13, 20]
+    assert waits == sorted(waits) and waits[0] < waits[-1] and len(waits) == 3
+
+
+def test_get_items_gives_up_with_a_clear_error(aws):
+    dynamo = ReceiptDynamoClient(
+        aws.table_name,
+        DropsHalfOfEachGet(aws.dynamodb, times=99),
+        sleep=lambda _: None,
+    )
+    lines = _lines(200)
+    dynamo.put_many(lines)
+    with pytest.raises(
+        UnprocessedItemsError, match="keys stayed unprocessed after 8 attempts"
+    ):
+        dynamo.get_items([_key(line) for line in lines])
+
+
+def test_put_many_backs_off_longer_after_each_unprocessed_batch(aws):
+    waits = []
+    flaky = DropsHalfOfEachBatch(aws.dynamodb, times=4)
+    dynamo = ReceiptDynamoClient(aws.table_name, flaky, sleep=waits.append)
+    assert dynamo.put_many(_lines(20)) == 20
+    assert len(waits) == 4 and waits == sorted(waits) and waits[0] < waits[-1]
+    assert len(dynamo.list_receipt_lines(IMAGE, 1)) == 20
+
+
+def test_receipt_lines_and_words_are_read_across_many_query_pages(aws):
+    paged = QueriesInPagesOf(aws.dynamodb, limit=2)
+    dynamo = ReceiptDynamoClient(aws.table_name, paged, sleep=lambda _: None)
+    # Words sort between lines, so some pages hold only words and the filter empties them.
+    words = [
+        ReceiptWord(IMAGE, 1, line, word, f"w{word}", BOX, 0.9)
+        for line in range(1, 8)
+        for word in range(1, 4)
+    ]
+    dynamo.put_many(_lines(7) + words + _lines(3, receipt_id=2))
+
+    lines = dynamo.list_receipt_lines(IMAGE, 1)
+    assert [line.line_id for line in lines] == list(range(1, 8))
+    assert paged.pages >= 14  # 28 items of receipt 1, two per page
+    found_words = dynamo.list_receipt_words(IMAGE, 1)
+    assert sorted((w.line_id, w.word_id) for w in found_words) == sorted(
+        (w.line_id, w.word_id) for w in words
+    )

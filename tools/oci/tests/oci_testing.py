@@ -1,20 +1,19 @@
 """Helpers for the tests of tools/oci: run the tools in-process and read what they wrote."""
 
+import contextlib
 import gzip
 import hashlib
 import io
 import json
 import os
 import shutil
-import socket
-import subprocess
 import tarfile
-import time
-import urllib.request
+from pathlib import Path
 
 import pytest
 
 from tools.oci import image, layer, layout
+from tools.registry.local_registry import LocalRegistry
 
 
 def make_layer(directory, name, *args):
@@ -120,41 +119,9 @@ def require_tool(name):
     return path
 
 
-def start_registry(directory, attempts=3):
-    """A local registry server (Debian's docker-registry) on a free loopback port.
-
-    Returns (process, "127.0.0.1:port"). A port taken between probing and binding (other
-    tests start registries too) means another try on a new port.
-    """
-    binary = require_tool("docker-registry")
-    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    for attempt in range(attempts):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        config = os.path.join(directory, f"registry-{attempt}.yml")
-        with open(config, "w") as handle:
-            handle.write(
-                "version: 0.1\n"
-                f"storage:\n  filesystem:\n    rootdirectory: {directory}/registry-data\n"
-                f"http:\n  addr: 127.0.0.1:{port}\n"
-                "log:\n  level: error\n"
-            )
-        log_path = os.path.join(directory, f"registry-{attempt}.log")
-        with open(log_path, "w") as log:
-            process = subprocess.Popen(
-                [binary, "serve", config], stdout=subprocess.DEVNULL, stderr=log
-            )
-        deadline = time.monotonic() + 20
-        while process.poll() is None and time.monotonic() < deadline:
-            try:
-                direct.open(f"http://127.0.0.1:{port}/v2/", timeout=1).close()
-            except OSError:
-                time.sleep(0.1)
-                continue
-            time.sleep(0.2)  # the answer may have come from someone else's server
-            if process.poll() is None:
-                return process, f"127.0.0.1:{port}"
-        process.kill()
-        process.wait()
-    raise RuntimeError(f"docker-registry did not start; see {directory}/registry-*.log")
+@contextlib.contextmanager
+def running_registry(directory):
+    """Debian's docker-registry on a loopback port it picks itself; yields "127.0.0.1:port"."""
+    require_tool("docker-registry")
+    with LocalRegistry(Path(directory) / "registry") as server:
+        yield server.address

@@ -16,7 +16,7 @@ from tools.oci.tests.oci_testing import (
     read_json,
     read_text,
     require_tool,
-    start_registry,
+    running_registry,
     write_layout,
 )
 
@@ -278,10 +278,8 @@ def test_crane_validates_the_docker_load_tarball(tmp_path, built):
 
 @pytest.fixture
 def registry(tmp_path):
-    process, address = start_registry(str(tmp_path))
-    yield address
-    process.kill()
-    process.wait()
+    with running_registry(tmp_path) as address:
+        yield address
 
 
 def test_crane_pushes_the_layout_and_validates_it(tmp_path, built, registry):

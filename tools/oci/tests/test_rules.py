@@ -11,7 +11,7 @@ from tools.oci.tests.oci_testing import (
     read_json,
     read_text,
     require_tool,
-    start_registry,
+    running_registry,
     tar_members,
 )
 
@@ -165,8 +165,7 @@ def test_umoci_unpacks_the_layout(tmp_path):
 
 def test_crane_validates_the_layout_in_a_registry(tmp_path):
     crane = require_tool("crane")
-    registry, address = start_registry(str(tmp_path))
-    try:
+    with running_registry(tmp_path) as address:
         reference = f"{address}/example/app:latest"
 
         def run(*args):
@@ -182,9 +181,6 @@ def test_crane_validates_the_layout_in_a_registry(tmp_path):
         assert json.loads(run("config", "--insecure", reference)) == read_json(
             output("app_image", "config.json")
         )
-    finally:
-        registry.kill()
-        registry.wait()
 
 
 def test_load_tarball_is_valid(tmp_path):
