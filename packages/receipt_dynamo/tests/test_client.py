@@ -187,3 +187,30 @@ def test_lock_is_exclusive_until_it_expires_and_only_its_owner_refreshes_or_rele
 def test_an_expired_lock_cannot_be_refreshed_even_by_its_owner(dynamo):
     assert dynamo.acquire_lock("receipt_lines", "a", 10, now=1000)
     assert not dynamo.refresh_lock("receipt_lines", "a", 10, now=1011)
+
+
+def test_embedding_statuses_only_move_forward(dynamo):
+    (line,) = _lines(1)
+    dynamo.put(line)
+    target = target_of(line)
+
+    def moves(*statuses):
+        return [dynamo.set_embedding_status(target, s) for s in statuses]
+
+    assert moves(EmbeddingStatus.PENDING, EmbeddingStatus.FAILED) == [True, True]
+    assert moves(EmbeddingStatus.FAILED, EmbeddingStatus.SUCCESS) == [True, True]
+    refused = [
+        EmbeddingStatus.FAILED,
+        EmbeddingStatus.PENDING,
+        EmbeddingStatus.NONE,
+        EmbeddingStatus.NOISE,
+    ]
+    assert moves(*refused) == [False] * len(refused)
+    assert moves(EmbeddingStatus.SUCCESS) == [True]  # a redone poll
+    assert dynamo.list_receipt_lines(IMAGE, 1)[0].embedding_status is (
+        EmbeddingStatus.SUCCESS
+    )
+    assert [
+        x.line_id
+        for x in dynamo.list_lines_by_embedding_status(EmbeddingStatus.SUCCESS).items
+    ] == [1]
