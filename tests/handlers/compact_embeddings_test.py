@@ -66,3 +66,30 @@ def test_a_direct_call_reports_what_it_merged(aws):
         1,
     )
     assert (second["action"], second["snapshot"]) == ("up_to_date", first["snapshot"])
+
+
+def test_a_message_for_an_unreadable_delta_is_reported_once_not_redelivered_forever(
+    aws, tmp_path
+):
+    bodies = {
+        "bad": _delta(aws, "receipt_lines", "corrupt", 1),
+        "good": _delta(aws, "receipt_lines", "fine", 2),
+    }
+    aws.s3.put_object(
+        Bucket=aws.chromadb_bucket,
+        Key="receipt_lines/delta/corrupt/chroma.sqlite3",
+        Body=b"not the file the manifest lists",
+    )
+    event = {
+        "Records": [{"messageId": m, "body": json.dumps(b)} for m, b in bodies.items()]
+    }
+
+    result = load_handler("compact_embeddings").handler(event, None)
+
+    assert result == {"batchItemFailures": []}
+    assert set(read_snapshot(aws, "receipt_lines", tmp_path)[1]) == {
+        f"IMAGE#{IMAGE}#RECEIPT#00002#LINE#00001"
+    }
+    assert aws.s3_keys(aws.chromadb_bucket, "receipt_lines/quarantine/") == [
+        "receipt_lines/quarantine/corrupt.json"
+    ]

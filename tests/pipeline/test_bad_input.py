@@ -6,7 +6,7 @@ import json
 
 import pytest
 from receipt_dynamo import ReceiptDynamoClient
-from receipt_label.errors import ConfigError
+from receipt_label.errors import ConfigError, MalformedSqsEvent
 
 from tests.pipeline.fixtures import load_handler
 from tests.pipeline.receipts import COSTCO_IMAGE, SPROUTS_IMAGE, seed
@@ -85,12 +85,6 @@ CASES = [
         {"collection": "receipt_paragraphs"},
         "collection must be one of",
     ),
-    ("compact_embeddings", {"Records": "not a list"}, "Records must be a list"),
-    (
-        "compact_embeddings",
-        {"Records": [{"body": "{}"}]},
-        "every SQS record needs a messageId",
-    ),
 ]
 
 
@@ -107,6 +101,30 @@ def test_malformed_events_get_an_error_result_and_change_nothing(
 
     assert set(result) == {"error"} and result["error"]["type"] == "InvalidInput"
     assert message.format(batch=seeded.batch_bucket) in result["error"]["message"]
+    assert _state(seeded, fake_openai) == before
+
+
+SQS_CASES = [
+    ({"Records": "not a list"}, "Records must be a list of messages; got str"),
+    ({"Records": [{"body": "{}"}]}, "SQS record 1 has no messageId"),
+    ({"Records": [{"messageId": "m1", "body": "{}"}, "x"]}, "SQS record 2 has no"),
+    ({}, "neither Records nor collection"),
+    ([], "got list"),
+]
+
+
+@pytest.mark.parametrize(("event", "message"), SQS_CASES)
+def test_a_malformed_sqs_event_fails_the_invocation_instead_of_acknowledging_it(
+    seeded, fake_openai, event, message
+):
+    # Lambda counts any returned value without batchItemFailures as success and deletes every
+    # message of the batch, so the only safe answer is an error.
+    handler = load_handler("compact_embeddings")
+    before = _state(seeded, fake_openai)
+
+    with pytest.raises(MalformedSqsEvent, match=message):
+        handler.handler(event, None)
+
     assert _state(seeded, fake_openai) == before
 
 

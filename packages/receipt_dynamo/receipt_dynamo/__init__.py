@@ -19,9 +19,14 @@ from receipt_dynamo.entities import (
     target_of,
 )
 from receipt_dynamo.schema import create_table
+from receipt_dynamo.status_transitions import (
+    EMBEDDING_STATUS_TRANSITIONS,
+    embedding_status_sources,
+)
 
 __all__ = [
     "CUSTOM_ID_FORM",
+    "EMBEDDING_STATUS_TRANSITIONS",
     "BatchStatus",
     "BatchSummary",
     "BatchType",
@@ -38,6 +43,7 @@ __all__ = [
     "ReceiptWord",
     "UnprocessedItemsError",
     "create_table",
+    "embedding_status_sources",
     "parse_custom_id",
     "target_of",
 ]

@@ -29,6 +29,7 @@ from receipt_dynamo.entities import (
     lock_key,
     receipt_prefix,
 )
+from receipt_dynamo.status_transitions import embedding_status_sources
 
 BATCH_WRITE_SIZE = 25
 BATCH_GET_SIZE = 100
@@ -312,24 +313,30 @@ class ReceiptDynamoClient:
         *,
         only_from: Iterable[EmbeddingStatus] | None = None,
     ) -> bool:
-        """Sets a line's or word's status (and its GSI1PK); False if it is missing or not in `only_from`."""
+        """Sets a line's or word's status (and its GSI1PK) in one conditional write.
+
+        Only the moves in EMBEDDING_STATUS_TRANSITIONS are made, narrowed further to `only_from`
+        when given; False if the line or word is missing or its status may not move to `status`.
+        """
         status = EmbeddingStatus(status)
-        condition = "attribute_exists(PK)"
+        sources = embedding_status_sources(status)
+        if only_from is not None:
+            sources &= {EmbeddingStatus(s) for s in only_from}
+        if not sources:
+            return False
+        allowed = sorted(s.value for s in sources)
+        names = [f":from{i}" for i in range(len(allowed))]
         values: dict[str, Any] = {
             ":status": status.value,
             ":gsi": f"EMBEDDING_STATUS#{status.value}",
+            **dict(zip(names, allowed)),
         }
-        if only_from is not None:
-            allowed = [EmbeddingStatus(s).value for s in only_from]
-            names = [f":from{i}" for i in range(len(allowed))]
-            condition += f" AND embedding_status IN ({', '.join(names)})"
-            values.update(zip(names, allowed))
         try:
             self._dynamodb.update_item(
                 TableName=self.table_name,
                 Key=serialize(target.key),
                 UpdateExpression="SET embedding_status = :status, GSI1PK = :gsi",
-                ConditionExpression=condition,
+                ConditionExpression=f"attribute_exists(PK) AND embedding_status IN ({', '.join(names)})",
                 ExpressionAttributeValues=serialize(values),
             )
         except ClientError as error:

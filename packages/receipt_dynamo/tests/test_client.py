@@ -309,3 +309,30 @@ def test_receipt_lines_and_words_are_read_across_many_query_pages(aws):
     assert sorted((w.line_id, w.word_id) for w in found_words) == sorted(
         (w.line_id, w.word_id) for w in words
     )
+
+
+def test_embedding_statuses_only_move_forward(dynamo):
+    (line,) = _lines(1)
+    dynamo.put(line)
+    target = target_of(line)
+
+    def moves(*statuses):
+        return [dynamo.set_embedding_status(target, s) for s in statuses]
+
+    assert moves(EmbeddingStatus.PENDING, EmbeddingStatus.FAILED) == [True, True]
+    assert moves(EmbeddingStatus.FAILED, EmbeddingStatus.SUCCESS) == [True, True]
+    refused = [
+        EmbeddingStatus.FAILED,
+        EmbeddingStatus.PENDING,
+        EmbeddingStatus.NONE,
+        EmbeddingStatus.NOISE,
+    ]
+    assert moves(*refused) == [False] * len(refused)
+    assert moves(EmbeddingStatus.SUCCESS) == [True]  # a redone poll
+    assert dynamo.list_receipt_lines(IMAGE, 1)[0].embedding_status is (
+        EmbeddingStatus.SUCCESS
+    )
+    assert [
+        x.line_id
+        for x in dynamo.list_lines_by_embedding_status(EmbeddingStatus.SUCCESS).items
+    ] == [1]

@@ -7,3 +7,9 @@ class InvalidInput(ValueError):
 
 class ConfigError(RuntimeError):
     """The function's environment lacks a setting or has a bad one."""
+
+
+class MalformedSqsEvent(RuntimeError):
+    """An SQS-triggered invocation whose records cannot be told apart. It is raised, not returned:
+    Lambda treats any returned value without batchItemFailures as success and deletes every
+    message, so the invocation must fail and SQS delivers the batch again (then to the DLQ)."""

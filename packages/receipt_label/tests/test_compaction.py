@@ -1,14 +1,16 @@
 """Compaction against moto S3 and DynamoDB with real chromadb: incomplete and corrupt inputs, fencing."""
 
+import json
+
 import pytest
 from receipt_dynamo import ReceiptDynamoClient
-from receipt_label.chroma_store import CorruptCopyError, VectorRecord
+from receipt_label.chroma_store import VectorRecord
 from receipt_label.compaction import (
     Compactor,
-    LockLost,
     current_snapshot,
     delta_prefix,
     parse_delta_key,
+    quarantine_key,
     read_pointer,
     write_delta,
 )
@@ -65,21 +67,55 @@ def test_a_delta_without_its_manifest_is_not_merged_yet(aws, compactor):
     assert compactor.dynamo.get_lock("receipt_lines") is None
 
 
-def test_a_corrupt_delta_fails_the_run_and_keeps_the_pointer(aws, compactor):
+def _spoil(aws, delta_id, how):
+    prefix = delta_prefix("receipt_lines", delta_id)
+    if how == "sha mismatch":
+        aws.s3.put_object(
+            Bucket=aws.chromadb_bucket, Key=prefix + "chroma.sqlite3", Body=b"x"
+        )
+    elif how == "missing file":
+        aws.s3.delete_object(Bucket=aws.chromadb_bucket, Key=prefix + "chroma.sqlite3")
+    else:
+        aws.s3.put_object(
+            Bucket=aws.chromadb_bucket, Key=prefix + "_delta.json", Body=b"{not json"
+        )
+
+
+@pytest.mark.parametrize("how", ["sha mismatch", "missing file", "bad manifest"])
+def test_an_unreadable_delta_is_quarantined_and_the_others_are_applied(
+    aws, compactor, how
+):
     write_delta(aws.s3, aws.chromadb_bucket, "receipt_lines", "d1", _records(1, 2))
     assert compactor.compact("receipt_lines").action == "compacted"
-    before = read_pointer(aws.s3, aws.chromadb_bucket, "receipt_lines")
     write_delta(aws.s3, aws.chromadb_bucket, "receipt_lines", "d2", _records(2, 2))
-    aws.s3.put_object(
-        Bucket=aws.chromadb_bucket,
-        Key=delta_prefix("receipt_lines", "d2") + "chroma.sqlite3",
-        Body=b"x",
+    write_delta(aws.s3, aws.chromadb_bucket, "receipt_lines", "d3", _records(3, 3))
+    _spoil(aws, "d2", how)
+
+    result = compactor.compact("receipt_lines")
+
+    assert (result.action, result.applied_now, result.vector_count) == (
+        "compacted",
+        ["d3"],
+        5,
     )
-
-    with pytest.raises(CorruptCopyError, match="does not match its manifest"):
-        compactor.compact("receipt_lines")
-
-    assert read_pointer(aws.s3, aws.chromadb_bucket, "receipt_lines") == before
+    assert list(result.quarantined_now) == ["d2"]
+    assert result.to_json()["quarantined_now"][0]["delta_id"] == "d2"
+    record = json.loads(
+        aws.s3.get_object(
+            Bucket=aws.chromadb_bucket, Key=quarantine_key("receipt_lines", "d2")
+        )["Body"].read()
+    )
+    assert record["delta_id"] == "d2" and record["reason"]
+    # Reported once, then skipped: never retried, never blocking what comes after it.
+    write_delta(aws.s3, aws.chromadb_bucket, "receipt_lines", "d4", _records(4, 1))
+    again = compactor.compact("receipt_lines")
+    assert (again.action, again.applied_now, again.quarantined_now) == (
+        "compacted",
+        ["d4"],
+        {},
+    )
+    assert "d2" in again.quarantined and "d2" not in again.applied_deltas
+    assert compactor.compact("receipt_lines").action == "up_to_date"
     assert compactor.dynamo.get_lock("receipt_lines") is None
 
 
@@ -99,9 +135,10 @@ def test_a_compactor_that_lost_its_lock_does_not_move_the_pointer(aws):
         stamp=stamp_while_someone_takes_the_lock_over,
     )
 
-    with pytest.raises(LockLost, match="snapshot stalled-run unused"):
-        stalled.compact("receipt_words")
+    result = stalled.compact("receipt_words")
 
+    assert result.action == "lost"
+    assert "snapshot stalled-run unused" in result.detail
     assert read_pointer(aws.s3, aws.chromadb_bucket, "receipt_words") is None
     assert current_snapshot(aws.s3, aws.chromadb_bucket, "receipt_words") == (
         None,

@@ -8,9 +8,8 @@ from collections import defaultdict
 from typing import Any
 
 from receipt_label.compaction import COLLECTIONS, Compactor, parse_delta_key
-from receipt_label.errors import InvalidInput
+from receipt_label.errors import InvalidInput, MalformedSqsEvent
 from receipt_label.logs import get_logger, log
-from receipt_label.pipeline.events import event_object
 from receipt_label.runtime import Runtime
 
 logger = get_logger("receipt_label.pipeline")
@@ -43,32 +42,48 @@ def _compaction_message(record: Any) -> tuple[str, str]:
         raise InvalidInput(str(error)) from None
 
 
+def _message_ids(event: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(messageId, record) of each SQS record; MalformedSqsEvent if any record cannot be identified."""
+    records = event.get("Records")
+    if not isinstance(records, list):
+        raise MalformedSqsEvent(
+            f"the SQS event's Records must be a list of messages; got {type(records).__name__}"
+        )
+    identified = []
+    for number, record in enumerate(records, start=1):
+        message_id = record.get("messageId") if isinstance(record, dict) else None
+        if not isinstance(message_id, str) or not message_id:
+            raise MalformedSqsEvent(
+                f"SQS record {number} has no messageId, so it cannot be reported failed alone"
+            )
+        identified.append((message_id, record))
+    return identified
+
+
 def compact(event: Any, runtime: Runtime) -> dict[str, Any]:
-    event = event_object(event, COMPACT_EXAMPLE)
-    compactor = Compactor(
-        runtime.s3,
-        runtime.config.chromadb_bucket,
-        runtime.dynamo,
-        lock_ttl_seconds=runtime.config.compaction_lock_ttl_seconds,
-    )
-    if "Records" not in event:
-        collection = event.get("collection")
+    if isinstance(event, dict) and "Records" not in event and "collection" in event:
+        collection = event["collection"]
         if collection not in COLLECTIONS.values():
             raise InvalidInput(
                 f"the event must be {COMPACT_EXAMPLE}; collection must be one of {sorted(COLLECTIONS.values())}, "
                 f"got {collection!r}"
             )
-        return compactor.compact(collection).to_json()
-
-    records = event["Records"]
-    if not isinstance(records, list):
-        raise InvalidInput("Records must be a list of SQS messages")
+        return _compactor(runtime).compact(collection).to_json()
+    # Anything else is taken for an SQS batch; one that is malformed fails the invocation
+    # (raised, never an error result, which Lambda would count as success for every message).
+    if not isinstance(event, dict):
+        raise MalformedSqsEvent(
+            f"the event must be {COMPACT_EXAMPLE}; got {type(event).__name__}"
+        )
+    if "Records" not in event:
+        raise MalformedSqsEvent(
+            f"the event has neither Records nor collection; it must be {COMPACT_EXAMPLE}"
+        )
+    identified = _message_ids(event)
+    compactor = _compactor(runtime)
     failures: list[str] = []
     wanted: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for record in records:
-        message_id = record.get("messageId") if isinstance(record, dict) else None
-        if not isinstance(message_id, str):
-            raise InvalidInput("every SQS record needs a messageId")
+    for message_id, record in identified:
         try:
             collection, delta_id = _compaction_message(record)
         except InvalidInput as error:
@@ -94,6 +109,16 @@ def compact(event: Any, runtime: Runtime) -> dict[str, Any]:
             failures.extend(message_id for message_id, _ in messages)
             continue
         for message_id, delta_id in messages:
+            if delta_id in result.quarantined:
+                # Reported (log and quarantine record); redelivering it cannot make it readable.
+                log(
+                    logger,
+                    logging.ERROR,
+                    "message names a quarantined delta; acknowledged",
+                    message_id=message_id,
+                    delta_id=delta_id,
+                )
+                continue
             if delta_id not in result.applied_deltas:
                 # Busy lock, or the delta is not complete yet: SQS delivers the message again later.
                 log(
@@ -108,3 +133,12 @@ def compact(event: Any, runtime: Runtime) -> dict[str, Any]:
     return {
         "batchItemFailures": [{"itemIdentifier": message_id} for message_id in failures]
     }
+
+
+def _compactor(runtime: Runtime) -> Compactor:
+    return Compactor(
+        runtime.s3,
+        runtime.config.chromadb_bucket,
+        runtime.dynamo,
+        lock_ttl_seconds=runtime.config.compaction_lock_ttl_seconds,
+    )

@@ -21,7 +21,7 @@ from receipt_dynamo import (
 )
 
 from receipt_label.chroma_store import VectorRecord
-from receipt_label.compaction import COLLECTIONS, write_delta
+from receipt_label.compaction import COLLECTIONS, attempt_delta_id, write_delta
 from receipt_label.embedding_requests import line_neighbors, word_neighbors
 from receipt_label.errors import InvalidInput
 from receipt_label.logs import get_logger, log
@@ -101,8 +101,14 @@ def poll_embeddings(
     collection = COLLECTIONS[batch_type]
     delta = None
     if records:
+        # Each attempt writes under its own delta id, so overlapping polls of one batch never
+        # mix their files; the snapshot upserts by id, so merging both copies is harmless.
         delta = write_delta(
-            runtime.s3, runtime.config.chromadb_bucket, collection, batch_id, records
+            runtime.s3,
+            runtime.config.chromadb_bucket,
+            collection,
+            attempt_delta_id(batch_id),
+            records,
         )
     succeeded = [r.id for r in records]
     runtime.dynamo.put_many(
@@ -135,7 +141,7 @@ def poll_embeddings(
             MessageBody=json.dumps(message),
         )
     # Last, so that a crash before this point leaves the batch PENDING and the next poll redoes
-    # the work; the delta id is the batch id, so a redo replaces the delta instead of adding one.
+    # the work (writing a delta of its own, which merges as a harmless duplicate).
     final = (
         BatchStatus.COMPLETED
         if batch.status in ("completed", "expired")
