@@ -33,7 +33,7 @@ def _submit_sprouts_lines(aws, dynamo):
 
 
 def test_expired_batch_keeps_partial_output_and_fails_the_rest(aws, fake_openai):
-    fake_openai.set_plan(outcome="expired", expire_after=2)
+    fake_openai.set_plan(outcome="expired", completed_requests=2)
     dynamo = ReceiptDynamoClient(aws.table_name, aws.dynamodb)
     submitted = _submit_sprouts_lines(aws, dynamo)
 
