@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 
+from openai import OpenAI
 from receipt_dynamo import (
     BatchStatus,
     EmbeddingClaims,
@@ -23,8 +24,14 @@ from receipt_dynamo import (
 )
 from receipt_label.config import load_config
 from receipt_label.pipeline import find_unembedded, poll_embeddings, submit_batch
+from receipt_label.pipeline.openai_batches import (
+    LIST_PAGE_SIZE,
+    LOOKUP_SLACK_SECONDS,
+    find_batch,
+)
 from receipt_label.runtime import Runtime
 
+from tests.pipeline.fake_openai import API_KEY
 from tests.pipeline.fixtures import load_handler
 from tests.pipeline.receipts import COSTCO_IMAGE, RECEIPTS, SPROUTS_IMAGE, seed
 
@@ -243,3 +250,35 @@ def test_concurrent_submitters_of_overlapping_files_send_each_line_once(
         for line in dynamo.list_receipt_lines(image, receipt)
     }
     assert {statuses[c] for c in _embeddable_lines()} == {EmbeddingStatus.SUCCESS}
+
+
+def test_the_lookup_by_metadata_reads_every_page_back_to_the_submission(fake_openai):
+    client = OpenAI(api_key=API_KEY, base_url=fake_openai.base_url)
+    request = {
+        "custom_id": "IMAGE#3f2b8c1e-7d4a-4b9e-8c2f-1a2b3c4d5e6f#RECEIPT#00001#LINE#00001",
+        "method": "POST",
+        "url": "/v1/embeddings",
+        "body": {"model": "text-embedding-3-small", "input": "MILK"},
+    }
+    uploaded = client.files.create(
+        file=("in.jsonl", json.dumps(request).encode() + b"\n"), purpose="batch"
+    )
+    started = time.time()
+
+    def create(batch_id: str):
+        return client.batches.create(
+            input_file_id=uploaded.id,
+            endpoint="/v1/embeddings",
+            completion_window="24h",
+            metadata={"batch_id": batch_id},
+        )
+
+    wanted = create("wanted")
+    for number in range(LIST_PAGE_SIZE + 5):  # newer batches push it to the second page
+        create(f"other-{number}")
+
+    assert find_batch(client, "wanted", started).id == wanted.id
+    assert find_batch(client, "missing", started) is None
+    # Batches created long before the submission began are not read at all.
+    assert find_batch(client, "wanted", started + 2 * LOOKUP_SLACK_SECONDS) is None
+    assert fake_openai.count_requests("GET", r"/v1/batches") == 2 + 2 + 1
