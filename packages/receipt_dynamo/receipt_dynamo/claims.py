@@ -1,8 +1,8 @@
 """Submission claims on lines and words: each one goes to OpenAI at most once per embedding.
 
 A submitter claims a line with one conditional write before it calls OpenAI: the line becomes
-PENDING with `claim_batch_id` (the submission's batch id), `claim_expires` (a lease) and one
-more `embedding_attempts`. Only a line still NONE can be claimed, or one whose claim expired
+PENDING with `claim_batch_id` (the submission's batch id), `claim_started`, `claim_expires`
+(a lease) and one more `embedding_attempts`. Only a line still NONE can be claimed, or one whose claim expired
 without being confirmed and whose holder the caller has checked never reached OpenAI. Once the
 batch is recorded the claim is confirmed (`claim_expires` removed): the line then belongs to
 that batch until polling settles it. A claim whose submission failed is released.
@@ -35,15 +35,17 @@ class ClaimState:
     status: EmbeddingStatus
     claim_batch_id: str | None
     claim_expires: float | None  # None once the claim is confirmed (or there is none)
+    claim_started: float | None
     attempts: int
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> ClaimState:
-        expires = item.get("claim_expires")
+        expires, started = item.get("claim_expires"), item.get("claim_started")
         return cls(
             status=EmbeddingStatus(item["embedding_status"]),
             claim_batch_id=item.get("claim_batch_id"),
             claim_expires=None if expires is None else float(expires),
+            claim_started=None if started is None else float(started),
             attempts=int(item.get("embedding_attempts", 0)),
         )
 
@@ -106,19 +108,21 @@ class EmbeddingClaims:
             ":gsi": f"EMBEDDING_STATUS#{_PENDING}",
             ":batch": batch_id,
             ":expires": expires,
+            ":started": now,
             ":one": 1,
         }
         if expired_holder is not None:
             condition += (
                 " OR (claim_batch_id = :holder AND attribute_exists(claim_expires)"
-                " AND claim_expires < :now)"
+                " AND claim_expires < :started)"
             )
-            values.update({":holder": expired_holder, ":now": now})
+            values[":holder"] = expired_holder
         return self._update(
             target,
             UpdateExpression=(
                 "SET embedding_status = :pending, GSI1PK = :gsi,"
-                " claim_batch_id = :batch, claim_expires = :expires"
+                " claim_batch_id = :batch, claim_expires = :expires,"
+                " claim_started = :started"
                 " ADD embedding_attempts :one"
             ),
             ConditionExpression=condition + ")",
@@ -140,7 +144,8 @@ class EmbeddingClaims:
             target,
             UpdateExpression=(
                 "SET embedding_status = :none, GSI1PK = :gsi"
-                " REMOVE claim_batch_id, claim_expires ADD embedding_attempts :minus"
+                " REMOVE claim_batch_id, claim_expires, claim_started"
+                " ADD embedding_attempts :minus"
             ),
             ConditionExpression=(
                 "claim_batch_id = :batch AND attribute_exists(claim_expires)"

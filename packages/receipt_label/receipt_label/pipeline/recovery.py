@@ -38,7 +38,11 @@ def unfinished_holders(
         if state.unconfirmed and (
             state.claim_batch_id == own_batch_id or state.expired(now)
         ):
-            began = state.claim_expires - lease
+            began = (
+                state.claim_started
+                if state.claim_started is not None
+                else state.claim_expires - lease
+            )
             holders[state.claim_batch_id] = min(
                 began, holders.get(state.claim_batch_id, began)
             )
