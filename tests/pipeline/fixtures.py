@@ -7,6 +7,7 @@ import itertools
 import logging
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,12 +73,56 @@ class Aws:
             messages.extend(batch)
 
 
+class _AtomicDynamoDB:
+    """WSGI middleware: one DynamoDB request at a time.
+
+    DynamoDB applies each request atomically (a conditional write checks and writes as one
+    step); moto evaluates the condition and then writes, so two concurrent conditional writes
+    can both succeed. Serializing DynamoDB requests gives tests DynamoDB's guarantee; other
+    services stay concurrent.
+    """
+
+    def __init__(self, app: Any):
+        self._app = app
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if not environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB_"):
+            return self._app(environ, start_response)
+        with self._lock:
+            # Drain the response inside the lock: werkzeug may produce it lazily.
+            return list(self._app(environ, start_response))
+
+
+def _moto_server() -> Any:
+    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    class Server(ThreadedMotoServer):
+        def _server_entry(self) -> None:
+            app = _AtomicDynamoDB(DomainDispatcherApplication(create_backend_app))
+            self._server = make_server(
+                self._ip_address,
+                self._port,
+                app,
+                threaded=True,
+                request_handler=MotoRequestHandler,
+            )
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
+    return Server(ip_address="127.0.0.1", port=0, verbose=False)
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = _moto_server()
     server.start()
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"

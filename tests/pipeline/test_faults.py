@@ -32,8 +32,8 @@ def _submit_sprouts_lines(aws, dynamo):
     return load_handler("submit_to_openai").handler(sprouts, None)
 
 
-def test_expired_batch_keeps_partial_output_and_fails_the_rest(aws, fake_openai):
-    fake_openai.set_plan(outcome="expired", expire_after=2)
+def test_expired_batch_keeps_partial_output_and_sends_the_rest_again(aws, fake_openai):
+    fake_openai.set_plan(outcome="expired", completed_requests=2)
     dynamo = ReceiptDynamoClient(aws.table_name, aws.dynamodb)
     submitted = _submit_sprouts_lines(aws, dynamo)
 
@@ -47,6 +47,7 @@ def test_expired_batch_keeps_partial_output_and_fails_the_rest(aws, fake_openai)
 
     assert result["action"] == "processed_partial"
     assert (result["succeeded"], result["failed"], result["vector_count"]) == (2, 2, 2)
+    assert result["retried"] == 2
     sent = [
         line["custom_id"]
         for line in fake_openai.input_lines(submitted["openai_batch_id"])
@@ -57,7 +58,7 @@ def test_expired_batch_keeps_partial_output_and_fails_the_rest(aws, fake_openai)
     }
     assert [statuses[custom_id] for custom_id in sent] == [
         EmbeddingStatus.SUCCESS
-    ] * 2 + [EmbeddingStatus.FAILED] * 2
+    ] * 2 + [EmbeddingStatus.NONE] * 2
     results = {r.custom_id: r for r in dynamo.list_batch_results(submitted["batch_id"])}
     assert set(results) == set(sent)
     assert all("batch_expired" in results[c].error for c in sent[2:])
@@ -74,9 +75,13 @@ def test_expired_batch_keeps_partial_output_and_fails_the_rest(aws, fake_openai)
         "collection": "receipt_lines",
         "vector_count": 2,
     }
+    # Only the lines without output go out again.
+    found = load_handler("find_unembedded_lines").handler({}, None)["batches"]
+    (again,) = [b for b in found if b["image_id"] == SPROUTS_IMAGE]
+    assert again["request_count"] == 2
 
 
-def test_failed_batch_marks_every_line_failed_and_writes_no_delta(aws, fake_openai):
+def test_failed_batch_writes_no_delta_and_sends_its_lines_again(aws, fake_openai):
     fake_openai.set_plan(outcome="failed")
     dynamo = ReceiptDynamoClient(aws.table_name, aws.dynamodb)
     submitted = _submit_sprouts_lines(aws, dynamo)
@@ -95,12 +100,17 @@ def test_failed_batch_marks_every_line_failed_and_writes_no_delta(aws, fake_open
         result["failed"],
         result["delta_key"],
     ) == ("marked_failed", 0, 4, None)
+    assert result["retried"] == 4
     lines = [
         line
         for line in dynamo.list_receipt_lines(SPROUTS_IMAGE, 1)
         if line.text != "-----"
     ]
-    assert {line.embedding_status for line in lines} == {EmbeddingStatus.FAILED}
+    assert {line.embedding_status for line in lines} == {EmbeddingStatus.NONE}
+    results = dynamo.list_batch_results(submitted["batch_id"])
+    assert {r.error for r in results} == {
+        "the batch failed (server_error: The batch failed (injected).)"
+    }
     assert dynamo.get_batch_summary(submitted["batch_id"]).status is BatchStatus.FAILED
     assert aws.receive_all() == []
     assert aws.s3_keys(aws.chromadb_bucket) == []

@@ -1,5 +1,6 @@
 """Receipts, their words and lines, and the embedding pipeline's bookkeeping in one DynamoDB table."""
 
+from receipt_dynamo.claims import ClaimState, EmbeddingClaims
 from receipt_dynamo.client import Page, ReceiptDynamoClient, UnprocessedItemsError
 from receipt_dynamo.entities import (
     CUSTOM_ID_FORM,
@@ -31,8 +32,10 @@ __all__ = [
     "BatchSummary",
     "BatchType",
     "BoundingBox",
+    "ClaimState",
     "CompactionLock",
     "EmbeddingBatchResult",
+    "EmbeddingClaims",
     "EmbeddingStatus",
     "EmbeddingTarget",
     "EntityError",

@@ -130,6 +130,11 @@ class ReceiptDynamoClient:
         )
         self._sleep = sleep
 
+    @property
+    def dynamodb(self) -> Any:
+        """The low-level boto3 client, for modules that add their own conditional writes."""
+        return self._dynamodb
+
     # Generic reads and writes
 
     def put(self, entity: Any) -> None:
@@ -206,7 +211,8 @@ class ReceiptDynamoClient:
                 return
             query["ExclusiveStartKey"] = last
 
-    def _query_all(self, **query: Any) -> list[dict[str, Any]]:
+    def query_all(self, **query: Any) -> list[dict[str, Any]]:
+        """Every page of a query on this table, deserialized."""
         return [item for page, _ in self._query_pages(**query) for item in page]
 
     # Receipts
@@ -222,7 +228,7 @@ class ReceiptDynamoClient:
         self, image_id: str, receipt_id: int, item_type: str
     ) -> list[dict[str, Any]]:
         pk, sk = receipt_prefix(image_id, receipt_id)
-        return self._query_all(
+        return self.query_all(
             KeyConditionExpression="PK = :pk AND begins_with(SK, :sk)",
             FilterExpression="#type = :type",
             ExpressionAttributeNames={"#type": "TYPE"},
@@ -395,7 +401,7 @@ class ReceiptDynamoClient:
         return True
 
     def list_batch_results(self, batch_id: str) -> list[EmbeddingBatchResult]:
-        items = self._query_all(
+        items = self.query_all(
             KeyConditionExpression="PK = :pk AND begins_with(SK, :sk)",
             ExpressionAttributeValues=serialize(
                 {":pk": f"BATCH#{batch_id}", ":sk": "RESULT#"}

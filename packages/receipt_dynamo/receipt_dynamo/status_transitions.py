@@ -2,7 +2,8 @@
 
 Statuses only move forward, so when a line is in two batches the later poll cannot undo the
 earlier one: SUCCESS (its vector is in a delta) and NOISE are final, and FAILED may still
-become SUCCESS when another batch embedded the line. Setting the status a line already has is
+become SUCCESS when another batch embedded the line. PENDING may go back to NONE: the batch
+ended without the line's output (cancelled, expired, a retryable error), so it is sent again. Setting the status a line already has is
 always allowed (a step that is redone).
 """
 
@@ -13,7 +14,7 @@ from receipt_dynamo.entities import EmbeddingStatus
 EMBEDDING_STATUS_TRANSITIONS: dict[EmbeddingStatus, frozenset[EmbeddingStatus]] = {
     EmbeddingStatus.NONE: frozenset({EmbeddingStatus.PENDING, EmbeddingStatus.NOISE}),
     EmbeddingStatus.PENDING: frozenset(
-        {EmbeddingStatus.SUCCESS, EmbeddingStatus.FAILED}
+        {EmbeddingStatus.SUCCESS, EmbeddingStatus.FAILED, EmbeddingStatus.NONE}
     ),
     EmbeddingStatus.FAILED: frozenset({EmbeddingStatus.SUCCESS}),
     EmbeddingStatus.SUCCESS: frozenset(),

@@ -27,6 +27,8 @@ class Config:
     openai_base_url: str | None = None
     aws_endpoint_url: str | None = None
     compaction_lock_ttl_seconds: float = 300.0
+    # Longer than a Lambda can run (15 min), so a claim expires only once its submitter is gone.
+    submit_claim_lease_seconds: float = 1200.0
 
 
 def load_config(
@@ -61,6 +63,7 @@ def load_config(
         raise ConfigError(
             f"COMPACTION_LOCK_TTL_SECONDS must be a number of seconds from 1 to 900; got {ttl_text!r}"
         )
+    lease = _seconds(environ, "SUBMIT_CLAIM_LEASE_SECONDS", "1200", 1, 86400)
     return Config(
         dynamodb_table_name=environ.get("DYNAMODB_TABLE_NAME", "").strip(),
         chromadb_bucket=environ.get("CHROMADB_BUCKET", "").strip(),
@@ -70,4 +73,20 @@ def load_config(
         openai_base_url=environ.get("OPENAI_BASE_URL", "").strip() or None,
         aws_endpoint_url=environ.get("AWS_ENDPOINT_URL", "").strip() or None,
         compaction_lock_ttl_seconds=ttl,
+        submit_claim_lease_seconds=lease,
     )
+
+
+def _seconds(
+    environ: Mapping[str, str], name: str, default: str, low: float, high: float
+) -> float:
+    text = environ.get(name, "").strip() or default
+    try:
+        value = float(text)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise ConfigError(
+            f"{name} must be a number of seconds from {low:g} to {high:g}; got {text!r}"
+        )
+    return value

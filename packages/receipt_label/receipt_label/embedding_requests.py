@@ -20,6 +20,9 @@ from receipt_dynamo import (
 from receipt_label.errors import InvalidInput
 
 MODEL = "text-embedding-3-small"
+EMBEDDING_DIMENSIONS = (
+    1536  # what MODEL returns; a vector of another size is a failed request
+)
 ENDPOINT = "/v1/embeddings"
 EDGE = "<EDGE>"
 MAX_REQUESTS_PER_BATCH = 50_000

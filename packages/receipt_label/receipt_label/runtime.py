@@ -23,14 +23,29 @@ OPENAI_TIMEOUT_SECONDS = 120.0
 class Runtime:
     """Config plus lazily made clients; made once per cold start and reused across invocations."""
 
-    def __init__(self, config: Config):
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         self.config = config
+        self.clock = clock
+        self.sleep = sleep
         register_secret(config.openai_api_key)
 
-    def _boto3_client(self, service: str) -> Any:
+    @cached_property
+    def _boto3_session(self) -> Any:
         import boto3
 
-        return boto3.client(service, endpoint_url=self.config.aws_endpoint_url)
+        # Its own session: boto3's default session is not safe to share between threads.
+        return boto3.session.Session()
+
+    def _boto3_client(self, service: str) -> Any:
+        return self._boto3_session.client(
+            service, endpoint_url=self.config.aws_endpoint_url
+        )
 
     @cached_property
     def dynamodb(self) -> Any:

@@ -24,17 +24,21 @@ def test_config_reads_every_setting_and_hides_the_key_from_repr():
             **FULL,
             "OPENAI_BASE_URL": "http://127.0.0.1:1/v1",
             "COMPACTION_LOCK_TTL_SECONDS": "30",
+            "SUBMIT_CLAIM_LEASE_SECONDS": "45",
         },
     )
     assert (
         config.dynamodb_table_name,
         config.openai_base_url,
         config.compaction_lock_ttl_seconds,
+        config.submit_claim_lease_seconds,
     ) == (
         "receipts",
         "http://127.0.0.1:1/v1",
         30.0,
+        45.0,
     )
+    assert load_config(FULL, FULL).submit_claim_lease_seconds == 1200.0
     assert "sk-secret" not in repr(config)
 
 
@@ -63,6 +67,10 @@ def test_one_error_names_every_missing_variable():
             "COMPACTION_LOCK_TTL_SECONDS must be a number",
         ),
         ({"COMPACTION_LOCK_TTL_SECONDS": "0"}, "from 1 to 900"),
+        (
+            {"SUBMIT_CLAIM_LEASE_SECONDS": "soon"},
+            "SUBMIT_CLAIM_LEASE_SECONDS must be a number of seconds from 1 to 86400; got 'soon'",
+        ),
         (
             {"DYNAMODB_TABLE_NAME": "   "},
             "missing required environment variable: DYNAMODB_TABLE_NAME",

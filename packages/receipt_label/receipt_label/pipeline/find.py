@@ -9,6 +9,7 @@ from typing import Any
 
 from receipt_dynamo import (
     BatchType,
+    EmbeddingClaims,
     EmbeddingStatus,
     ReceiptLine,
     ReceiptWord,
@@ -56,6 +57,14 @@ def find_unembedded(event: Any, runtime: Runtime) -> dict[str, Any]:
         token = page.next_token
         if token is None:
             break
+    # Lines claimed by a submission that died before recording its batch go out again; the
+    # submitter checks OpenAI for that batch before it sends them (pipeline.recovery).
+    item_type = (
+        ReceiptLine.TYPE if batch_type is BatchType.LINE_EMBEDDING else ReceiptWord.TYPE
+    )
+    stranded = EmbeddingClaims(dynamo).expired_claims(item_type, runtime.clock())
+    for entity, _ in stranded:
+        waiting[(entity.image_id, entity.receipt_id)].append(entity)
     for entity in noise:
         dynamo.set_embedding_status(
             target_of(entity), EmbeddingStatus.NOISE, only_from=[EmbeddingStatus.NONE]
@@ -96,5 +105,6 @@ def find_unembedded(event: Any, runtime: Runtime) -> dict[str, Any]:
         batch_type=batch_type.value,
         files=len(batches),
         noise=len(noise),
+        stranded=len(stranded),
     )
     return {"batches": batches, "noise_marked": len(noise)}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections import defaultdict
 from typing import Any
 
@@ -12,6 +11,7 @@ from receipt_dynamo import (
     BatchStatus,
     BatchType,
     EmbeddingBatchResult,
+    EmbeddingClaims,
     EmbeddingStatus,
     EmbeddingTarget,
     ReceiptLine,
@@ -22,9 +22,18 @@ from receipt_dynamo import (
 
 from receipt_label.chroma_store import VectorRecord
 from receipt_label.compaction import COLLECTIONS, attempt_delta_id, write_delta
-from receipt_label.embedding_requests import line_neighbors, word_neighbors
+from receipt_label.embedding_requests import (
+    EMBEDDING_DIMENSIONS,
+    line_neighbors,
+    word_neighbors,
+)
 from receipt_label.errors import InvalidInput
 from receipt_label.logs import get_logger, log
+from receipt_label.pipeline.batch_output import (
+    MAX_EMBEDDING_ATTEMPTS,
+    LineFailure,
+    read_batch_output,
+)
 from receipt_label.pipeline.events import event_object, required_string
 from receipt_label.runtime import Runtime
 
@@ -70,32 +79,12 @@ def poll_embeddings(
     if batch.status in WAITING_STATUSES:
         return {**base, "action": "wait", "openai_status": batch.status}
 
-    requested = _requested_ids(client.files.content(batch.input_file_id).content)
-    embeddings: dict[str, list[float]] = {}
-    errors: dict[str, str] = {}
-    if batch.status in ("completed", "expired"):
-        if batch.output_file_id:
-            _read_output(
-                client.files.content(batch.output_file_id).content,
-                requested,
-                embeddings,
-                errors,
-            )
-        if batch.error_file_id:
-            _read_output(
-                client.files.content(batch.error_file_id).content,
-                requested,
-                embeddings,
-                errors,
-            )
-    failed = {
-        custom_id: errors.get(custom_id, f"no embedding in the {batch.status} batch")
-        for custom_id in requested
-        if custom_id not in embeddings
-    }
+    output = read_batch_output(client, batch, EMBEDDING_DIMENSIONS)
+    embeddings = output.embeddings
     records, missing = _vector_records(runtime, embeddings)
-    failed.update(
-        {custom_id: "the line or word no longer exists" for custom_id in missing}
+    failures = dict(output.failures)
+    failures.update(
+        {c: LineFailure("the line or word no longer exists", False) for c in missing}
     )
 
     collection = COLLECTIONS[batch_type]
@@ -117,18 +106,15 @@ def poll_embeddings(
             for custom_id in succeeded
         ]
         + [
-            EmbeddingBatchResult(batch_id, c, EmbeddingStatus.FAILED, error)
-            for c, error in sorted(failed.items())
+            EmbeddingBatchResult(batch_id, c, EmbeddingStatus.FAILED, failure.reason)
+            for c, failure in sorted(failures.items())
         ]
     )
     for custom_id in succeeded:
         runtime.dynamo.set_embedding_status(
             parse_custom_id(custom_id), EmbeddingStatus.SUCCESS
         )
-    for custom_id in failed:
-        runtime.dynamo.set_embedding_status(
-            parse_custom_id(custom_id), EmbeddingStatus.FAILED
-        )
+    retried = _settle_failures(runtime, batch_id, failures)
     if delta is not None:
         message = {
             "delta_key": delta.delta_key,
@@ -142,21 +128,20 @@ def poll_embeddings(
         )
     # Last, so that a crash before this point leaves the batch PENDING and the next poll redoes
     # the work (writing a delta of its own, which merges as a harmless duplicate).
-    final = (
-        BatchStatus.COMPLETED
-        if batch.status in ("completed", "expired")
-        else BatchStatus.FAILED
-    )
+    final = BatchStatus.FAILED if batch.status == "failed" else BatchStatus.COMPLETED
     runtime.dynamo.finish_batch_summary(batch_id, final, batch.output_file_id or "")
-    action = {"completed": "processed", "expired": "processed_partial"}.get(
-        batch.status, "marked_failed"
-    )
+    action = {
+        "completed": "processed",
+        "expired": "processed_partial",
+        "cancelled": "processed_partial",
+    }.get(batch.status, "marked_failed")
     result = {
         **base,
         "action": action,
         "openai_status": batch.status,
         "succeeded": len(succeeded),
-        "failed": len(failed),
+        "failed": len(failures),
+        "retried": retried,
         "delta_key": delta.delta_key if delta else None,
         "vector_count": delta.vector_count if delta else 0,
     }
@@ -164,56 +149,29 @@ def poll_embeddings(
     return result
 
 
-def _requested_ids(content: bytes) -> list[str]:
-    ids = []
-    for line in content.splitlines():
-        if line.strip():
-            ids.append(json.loads(line)["custom_id"])
-    return ids
-
-
-def _read_output(
-    content: bytes, requested: list[str], embeddings: dict, errors: dict
-) -> None:
-    """Collects embeddings and per-request errors from an output or error file of the batch."""
-    wanted = set(requested)
-    for number, line in enumerate(content.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            custom_id = record["custom_id"]
-        except (ValueError, KeyError, TypeError):
-            log(logger, logging.WARNING, "unreadable batch output line", line=number)
-            continue
-        if custom_id not in wanted:
-            log(
-                logger,
-                logging.WARNING,
-                "batch output names an id that was not requested",
-                custom_id=custom_id,
+def _settle_failures(
+    runtime: Runtime, batch_id: str, failures: dict[str, LineFailure]
+) -> int:
+    """Lines worth another try go back to NONE (a later find picks them up), unless they ran out
+    of attempts; the others become FAILED. Returns how many went back."""
+    targets = {c: parse_custom_id(c) for c in failures}
+    states = EmbeddingClaims(runtime.dynamo).states(targets.values())
+    retried = 0
+    for custom_id, failure in sorted(failures.items()):
+        state = states.get(custom_id)
+        if state is None or state.claim_batch_id not in (None, batch_id):
+            continue  # gone, or already sent again (this is a redone poll)
+        if failure.retry and state.attempts < MAX_EMBEDDING_ATTEMPTS:
+            retried += runtime.dynamo.set_embedding_status(
+                targets[custom_id],
+                EmbeddingStatus.NONE,
+                only_from=[EmbeddingStatus.PENDING],
             )
-            continue
-        response = record.get("response") or {}
-        error = record.get("error")
-        if error or response.get("status_code") != 200:
-            detail = error or (response.get("body") or {}).get("error") or {}
-            errors[custom_id] = (
-                f"{detail.get('code', 'error')}: {detail.get('message', 'request failed')}"
+        else:
+            runtime.dynamo.set_embedding_status(
+                targets[custom_id], EmbeddingStatus.FAILED
             )
-            continue
-        try:
-            vector = [float(v) for v in response["body"]["data"][0]["embedding"]]
-        except (KeyError, IndexError, TypeError, ValueError):
-            errors[custom_id] = "malformed embedding in the batch output"
-            continue
-        if not vector or not all(math.isfinite(v) for v in vector):
-            errors[custom_id] = "empty or non-finite embedding in the batch output"
-            continue
-        embeddings[custom_id] = vector
-    lengths = {len(v) for v in embeddings.values()}
-    if len(lengths) > 1:
-        raise RuntimeError(f"the batch output mixes embedding sizes {sorted(lengths)}")
+    return retried
 
 
 def _vector_records(

@@ -1,72 +1,34 @@
-"""A small local HTTP server speaking the part of OpenAI's API that the batch pipeline uses.
-
-It implements files (upload, retrieve, content) and batches (create, retrieve, cancel) for
-`/v1/embeddings`, with deterministic fake embeddings: texts that share words and character
-trigrams get similar vectors, so similarity tests have predictable answers. Faults are
-scripted per test: HTTP errors on chosen routes, and batches that expire with partial output,
-fail or get cancelled.
-"""
+"""The fake's HTTP server: routes, authentication, scripted faults and what tests inspect."""
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
-import math
 import re
+import socket
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email import policy
 from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
-EMBEDDING_DIMENSIONS = 1536
+from tests.pipeline.fake_openai import batches
+from tests.pipeline.fake_openai.batches import BatchPlan
+
 API_KEY = "sk-test-fake-openai-key-do-not-log"
-CREATED_AT = 1_700_000_000
-
-
-def _bucket(feature: str) -> tuple[int, float]:
-    digest = hashlib.blake2b(feature.encode(), digest_size=8).digest()
-    index = int.from_bytes(digest[:4], "big") % EMBEDDING_DIMENSIONS
-    sign = 1.0 if digest[4] & 1 else -1.0
-    return index, sign
-
-
-def fake_embedding(text: str) -> list[float]:
-    """A unit vector built from the text's words (weight 1) and character trigrams (weight 0.3)."""
-    vector = [0.0] * EMBEDDING_DIMENSIONS
-    lowered = text.lower()
-    for word in re.findall(r"[a-z0-9.]+", lowered):
-        index, sign = _bucket("w:" + word)
-        vector[index] += sign
-    padded = f"  {lowered}  "
-    for start in range(len(padded) - 2):
-        index, sign = _bucket("t:" + padded[start : start + 3])
-        vector[index] += 0.3 * sign
-    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
-    return [v / norm for v in vector]
+MAX_LIST_LIMIT = 100
 
 
 @dataclass
-class BatchPlan:
-    """How the next created batches end: after `in_progress_polls` retrieves they reach `outcome`.
-
-    For "expired", the first `expire_after` requests have output and the rest are reported
-    in the error file as batch_expired.
-    """
-
-    outcome: str = "completed"
-    in_progress_polls: int = 0
-    expire_after: int = 0
-
-
-@dataclass
-class InjectedFailure:
+class InjectedFault:
     method: str
     path_pattern: str
     remaining: int
-    status: int = 500
+    status: int = 500  # 0: act, then drop the connection without answering
 
 
 @dataclass
@@ -77,20 +39,26 @@ class FakeOpenAIState:
     batch_plans: dict[str, BatchPlan] = field(default_factory=dict)
     batch_polls: dict[str, int] = field(default_factory=dict)
     plan: BatchPlan = field(default_factory=BatchPlan)
-    failures: list[InjectedFailure] = field(default_factory=list)
+    faults: list[InjectedFault] = field(default_factory=list)
     requests: list[tuple[str, str, int]] = field(default_factory=list)
     ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class FakeOpenAIServer:
-    """Runs the fake API on 127.0.0.1 in a background thread; `base_url` is what the client needs."""
+    """Runs the fake API on 127.0.0.1 (port 0) in a background thread; `base_url` is what the client needs."""
 
-    def __init__(self, api_key: str = API_KEY):
+    def __init__(self, api_key: str = API_KEY, clock: Callable[[], float] = time.time):
         self.api_key = api_key
         self.state = FakeOpenAIState()
         handler = type(
-            "Handler", (_Handler,), {"server_state": self.state, "api_key": api_key}
+            "Handler",
+            (_Handler,),
+            {
+                "server_state": self.state,
+                "api_key": api_key,
+                "clock": staticmethod(clock),
+            },
         )
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
@@ -110,14 +78,25 @@ class FakeOpenAIServer:
     def stop(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+        self._thread.join(30)
+        if self._thread.is_alive():
+            raise RuntimeError(
+                "the fake OpenAI server's thread did not stop within 30 s"
+            )
 
     def fail_next(
         self, method: str, path_pattern: str, times: int = 1, status: int = 500
     ) -> None:
+        """The next `times` matching requests get `status` and change nothing."""
         with self.state.lock:
-            self.state.failures.append(
-                InjectedFailure(method, path_pattern, times, status)
-            )
+            self.state.faults.append(InjectedFault(method, path_pattern, times, status))
+
+    def lose_response_next(
+        self, method: str, path_pattern: str, times: int = 1
+    ) -> None:
+        """The next `times` matching requests are carried out, then the connection drops unanswered."""
+        with self.state.lock:
+            self.state.faults.append(InjectedFault(method, path_pattern, times, 0))
 
     def set_plan(self, **plan: Any) -> None:
         with self.state.lock:
@@ -126,6 +105,7 @@ class FakeOpenAIServer:
     def count_requests(
         self, method: str, path_pattern: str, status: int | None = None
     ) -> int:
+        """Requests answered (status 0: carried out, answer lost) on paths matching the pattern."""
         with self.state.lock:
             return sum(
                 1
@@ -137,7 +117,12 @@ class FakeOpenAIServer:
 
     def batch(self, batch_id: str) -> dict[str, Any]:
         with self.state.lock:
-            return dict(self.state.batches[batch_id])
+            return json.loads(json.dumps(self.state.batches[batch_id]))
+
+    def batch_ids(self) -> list[str]:
+        """Every batch created, oldest first: each one would be billed."""
+        with self.state.lock:
+            return list(self.state.batches)
 
     def input_lines(self, batch_id: str) -> list[dict[str, Any]]:
         with self.state.lock:
@@ -146,10 +131,19 @@ class FakeOpenAIServer:
             ]
         return [json.loads(line) for line in content.splitlines() if line.strip()]
 
+    def sent_custom_ids(self) -> list[str]:
+        """The custom_id of every request in every batch created (a repeat means paid twice)."""
+        return [
+            line["custom_id"]
+            for batch_id in self.batch_ids()
+            for line in self.input_lines(batch_id)
+        ]
+
 
 class _Handler(BaseHTTPRequestHandler):
     server_state: FakeOpenAIState
     api_key: str
+    clock: Callable[[], float]
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -164,10 +158,16 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        path = self.path.split("?", 1)[0]
-        status, payload, content_type = self._route(method, path, body)
+        url = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        status, payload, content_type, lose = self._route(method, url.path, query, body)
         with self.server_state.lock:
-            self.server_state.requests.append((method, path, status))
+            self.server_state.requests.append((method, url.path, 0 if lose else status))
+        if lose:
+            # The work is done; the client never hears so (as when a proxy or the network fails).
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -175,19 +175,31 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _route(self, method: str, path: str, body: bytes) -> tuple[int, Any, str]:
+    def _route(
+        self, method: str, path: str, query: dict[str, str], body: bytes
+    ) -> tuple[int, Any, str, bool]:
         state = self.server_state
         if self.headers.get("Authorization") != f"Bearer {self.api_key}":
-            return _error(401, "invalid_api_key", "Incorrect API key provided.")
+            return (
+                *_error(401, "invalid_api_key", "Incorrect API key provided."),
+                False,
+            )
         with state.lock:
-            for failure in state.failures:
+            lose = False
+            for fault in state.faults:
                 if (
-                    failure.remaining > 0
-                    and failure.method == method
-                    and re.fullmatch(failure.path_pattern, path)
+                    fault.remaining > 0
+                    and fault.method == method
+                    and re.fullmatch(fault.path_pattern, path)
                 ):
-                    failure.remaining -= 1
-                    return _error(failure.status, "server_error", "Injected failure.")
+                    fault.remaining -= 1
+                    if fault.status:
+                        return (
+                            *_error(fault.status, "server_error", "Injected failure."),
+                            False,
+                        )
+                    lose = True
+                    break
             routes = [
                 ("POST", r"/v1/files", lambda: self._upload(body)),
                 ("GET", r"/v1/files/([^/]+)", lambda m: self._file(m.group(1))),
@@ -197,6 +209,7 @@ class _Handler(BaseHTTPRequestHandler):
                     lambda m: self._content(m.group(1)),
                 ),
                 ("POST", r"/v1/batches", lambda: self._create_batch(body)),
+                ("GET", r"/v1/batches", lambda: self._list_batches(query)),
                 (
                     "GET",
                     r"/v1/batches/([^/]+)",
@@ -211,8 +224,12 @@ class _Handler(BaseHTTPRequestHandler):
             for route_method, pattern, action in routes:
                 match = re.fullmatch(pattern, path)
                 if match and route_method == method:
-                    return action(match) if match.groups() else action()
-        return _error(404, "not_found", f"Unknown route {method} {path}.")
+                    result = action(match) if match.groups() else action()
+                    return (*result, lose)
+        return (*_error(404, "not_found", f"Unknown route {method} {path}."), lose)
+
+    def _now(self) -> int:
+        return int(self.clock())
 
     def _new_id(self, prefix: str) -> str:
         return f"{prefix}{next(self.server_state.ids):06d}"
@@ -225,7 +242,7 @@ class _Handler(BaseHTTPRequestHandler):
             "id": file_id,
             "object": "file",
             "bytes": len(content),
-            "created_at": CREATED_AT,
+            "created_at": self._now(),
             "filename": filename,
             "purpose": purpose,
             "status": "processed",
@@ -251,10 +268,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
         content, filename = fields["file"]
         purpose = fields["purpose"][0].decode()
-        if purpose == "batch":
-            problem = _validate_batch_input(content)
-            if problem:
-                return _error(400, "invalid_request_error", problem)
+        # Like OpenAI, the lines of a batch input are checked when the batch runs, not here.
         return (
             200,
             self._store_file(content, filename or "upload", purpose),
@@ -273,12 +287,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _create_batch(self, body: bytes) -> tuple[int, Any, str]:
         request = json.loads(body or b"{}")
-        input_file_id = request.get("input_file_id")
-        if input_file_id not in self.server_state.files:
+        input_file = self.server_state.files.get(request.get("input_file_id"))
+        if input_file is None or input_file["purpose"] != "batch":
             return _error(
                 400,
                 "invalid_request_error",
-                f"Unknown input_file_id {input_file_id!r}.",
+                f"input_file_id {request.get('input_file_id')!r} is not a file uploaded with purpose batch.",
             )
         if (
             request.get("endpoint") != "/v1/embeddings"
@@ -290,31 +304,52 @@ class _Handler(BaseHTTPRequestHandler):
                 "This fake only runs /v1/embeddings batches with 24h.",
             )
         batch_id = self._new_id("batch_")
-        self.server_state.batches[batch_id] = {
-            "id": batch_id,
-            "object": "batch",
-            "endpoint": request["endpoint"],
-            "errors": None,
-            "input_file_id": input_file_id,
-            "completion_window": "24h",
-            "status": "validating",
-            "output_file_id": None,
-            "error_file_id": None,
-            "created_at": CREATED_AT,
-            "expires_at": CREATED_AT + 86400,
-            "request_counts": {"total": 0, "completed": 0, "failed": 0},
-            "metadata": request.get("metadata"),
-        }
+        batch = batches.new_batch(batch_id, request, self._now())
+        self.server_state.batches[batch_id] = batch
         self.server_state.batch_plans[batch_id] = self.server_state.plan
         self.server_state.batch_polls[batch_id] = 0
-        return 200, self.server_state.batches[batch_id], "application/json"
+        return 200, batch, "application/json"
+
+    def _list_batches(self, query: dict[str, str]) -> tuple[int, Any, str]:
+        try:
+            limit = int(query.get("limit", "20"))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            return _error(
+                400, "invalid_request_error", "limit must be between 1 and 100."
+            )
+        newest_first = sorted(
+            self.server_state.batches.values(),
+            key=lambda b: (b["created_at"], b["id"]),
+            reverse=True,
+        )
+        after = query.get("after")
+        if after:
+            ids = [b["id"] for b in newest_first]
+            if after not in ids:
+                return _error(404, "not_found", f"No such batch: {after}")
+            newest_first = newest_first[ids.index(after) + 1 :]
+        page = newest_first[:limit]
+        return (
+            200,
+            {
+                "object": "list",
+                "data": page,
+                "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None,
+                "has_more": len(newest_first) > limit,
+            },
+            "application/json",
+        )
 
     def _cancel_batch(self, batch_id: str) -> tuple[int, Any, str]:
         batch = self.server_state.batches.get(batch_id)
         if batch is None:
             return _error(404, "not_found", f"No such batch: {batch_id}")
-        if batch["status"] in ("validating", "in_progress"):
-            batch["status"] = "cancelled"
+        if batch["status"] in batches.WAITING:
+            batches.cancel(batch, self._now())
+            self.server_state.batch_polls[batch_id] = 0
         return 200, batch, "application/json"
 
     def _retrieve_batch(self, batch_id: str) -> tuple[int, Any, str]:
@@ -322,100 +357,19 @@ class _Handler(BaseHTTPRequestHandler):
         batch = state.batches.get(batch_id)
         if batch is None:
             return _error(404, "not_found", f"No such batch: {batch_id}")
-        if batch["status"] in ("validating", "in_progress"):
-            plan = state.batch_plans[batch_id]
-            state.batch_polls[batch_id] += 1
-            if state.batch_polls[batch_id] <= plan.in_progress_polls:
-                batch["status"] = "in_progress"
-            else:
-                self._finish(batch, plan)
+        state.batch_polls[batch_id] += 1
+        was = batch["status"]
+        batches.advance(
+            batch,
+            state.batch_plans[batch_id],
+            state.batch_polls[batch_id],
+            state.file_contents[batch["input_file_id"]],
+            self._store_file,
+            self._now(),
+        )
+        if batch["status"] == "cancelling" and was != "cancelling":
+            state.batch_polls[batch_id] = 0  # counts the retrieves spent cancelling
         return 200, batch, "application/json"
-
-    def _finish(self, batch: dict[str, Any], plan: BatchPlan) -> None:
-        requests = [
-            json.loads(line)
-            for line in self.server_state.file_contents[
-                batch["input_file_id"]
-            ].splitlines()
-        ]
-        batch["request_counts"]["total"] = len(requests)
-        if plan.outcome in ("failed", "cancelled"):
-            batch["status"] = plan.outcome
-            if plan.outcome == "failed":
-                batch["errors"] = {
-                    "object": "list",
-                    "data": [{"code": "server_error", "message": "Injected."}],
-                }
-            return
-        outputs, errors = [], []
-        for number, request in enumerate(requests):
-            if plan.outcome == "completed" or number < plan.expire_after:
-                outputs.append(_embedding_output(number, request))
-            else:
-                errors.append(
-                    {
-                        "id": f"batch_req_{number:06d}",
-                        "custom_id": request["custom_id"],
-                        "response": None,
-                        "error": {
-                            "code": "batch_expired",
-                            "message": "This request could not be executed in time.",
-                        },
-                    }
-                )
-        if outputs:
-            content = "".join(json.dumps(o) + "\n" for o in outputs).encode()
-            batch["output_file_id"] = self._store_file(
-                content, "batch_output.jsonl", "batch_output"
-            )["id"]
-        if errors:
-            content = "".join(json.dumps(e) + "\n" for e in errors).encode()
-            batch["error_file_id"] = self._store_file(
-                content, "batch_errors.jsonl", "batch_output"
-            )["id"]
-        batch["request_counts"].update(completed=len(outputs), failed=len(errors))
-        batch["status"] = plan.outcome
-
-
-def _embedding_output(number: int, request: dict[str, Any]) -> dict[str, Any]:
-    inputs = request["body"]["input"]
-    texts = [inputs] if isinstance(inputs, str) else list(inputs)
-    return {
-        "id": f"batch_req_{number:06d}",
-        "custom_id": request["custom_id"],
-        "response": {
-            "status_code": 200,
-            "request_id": f"req_{number:06d}",
-            "body": {
-                "object": "list",
-                "data": [
-                    {"object": "embedding", "index": i, "embedding": fake_embedding(t)}
-                    for i, t in enumerate(texts)
-                ],
-                "model": request["body"]["model"],
-                "usage": {"prompt_tokens": len(texts), "total_tokens": len(texts)},
-            },
-        },
-        "error": None,
-    }
-
-
-def _validate_batch_input(content: bytes) -> str | None:
-    seen = set()
-    for number, line in enumerate(content.splitlines(), start=1):
-        try:
-            request = json.loads(line)
-        except ValueError:
-            return f"Line {number} is not valid JSON."
-        if request.get("method") != "POST" or request.get("url") != "/v1/embeddings":
-            return f"Line {number}: expected method POST and url /v1/embeddings."
-        if request.get("custom_id") in seen:
-            return f"Line {number}: duplicate custom_id {request.get('custom_id')!r}."
-        seen.add(request.get("custom_id"))
-        body = request.get("body") or {}
-        if not body.get("model") or not body.get("input"):
-            return f"Line {number}: body needs model and a non-empty input."
-    return None if seen else "The input file is empty."
 
 
 def _error(status: int, code: str, message: str) -> tuple[int, Any, str]:
