@@ -98,7 +98,7 @@ def parser() -> argparse.ArgumentParser:
         "--image",
         required=True,
         type=Path,
-        help="directory with manifest.json, config.json, layout/ (the :invoke target sets it)",
+        help="manifest.json, or its directory, with config.json and layout/ beside it (the :invoke target sets it)",
     )
     arguments.add_argument(
         "--function-name",
@@ -206,7 +206,10 @@ def describe_error(payload: bytes) -> str:
 def main(argv: list[str] | None = None) -> int:
     options = parser().parse_args(argv)
     try:
-        image = Image.from_directory(options.image.resolve())
+        image_path = options.image.absolute()
+        if image_path.name == "manifest.json":
+            image_path = image_path.parent
+        image = Image.from_directory(image_path)
         event = read_event(options.event) if options.event else b"{}"
         cache = RootCache(options.cache_dir or default_cache_directory())
         started = time.monotonic()

@@ -52,6 +52,11 @@ def qemu_for(architecture: str) -> str | None:
     return qemu
 
 
+def _root_is_a_mount() -> bool:
+    with open("/proc/self/mountinfo") as mounts:
+        return any(line.split()[4] == "/" for line in mounts)
+
+
 def command(
     root: Path,
     architecture: str,
@@ -63,7 +68,16 @@ def command(
     unshare = shutil.which("unshare")
     if not unshare:
         raise SandboxError("unshare is missing: apt-get install util-linux")
-    namespaces = ["--mount", "--propagation=private", "--pid", "--fork", "--kill-child"]
+    # In a chroot (tools/bazel's build environment) / is no mount point and cannot be made
+    # private; its mounts are private already, and _prepare() keeps the sandbox's own private.
+    propagation = "private" if _root_is_a_mount() else "unchanged"
+    namespaces = [
+        "--mount",
+        f"--propagation={propagation}",
+        "--pid",
+        "--fork",
+        "--kill-child",
+    ]
     if not is_root():
         namespaces.insert(0, "--map-root-user")
     qemu = qemu_for(architecture)
@@ -97,6 +111,7 @@ def _mount(*arguments: str) -> None:
 
 def _prepare(root: Path, qemu: str | None) -> None:
     _mount("--bind", str(root), str(root))
+    _mount("--make-rprivate", str(root))
     _mount("-o", "remount,bind,ro", str(root))
     _mount(
         "-t", "tmpfs", "-o", f"mode=1777,size={TMP_SIZE}", "tmpfs", str(root / "tmp")
