@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import re
+import sys
 import threading
 import traceback
 from dataclasses import dataclass, field
@@ -31,6 +32,11 @@ class Emulator:
     def __init__(self, function: Function, port: int, host: str = "127.0.0.1"):
         self.function = function
         self.pending: queue.Queue[Pending | None] = queue.Queue()
+        self.arrivals = (
+            threading.Lock()
+        )  # numbers requests in the order they are queued
+        self.received = 0
+        self.busy = 0  # 1 while an invocation runs
         emulator = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -75,17 +81,27 @@ class Emulator:
     def submit(self, event: bytes) -> Outcome | None:
         """The invocation's outcome, after every invocation submitted before it; None if devmode failed."""
         pending = Pending(event)
-        self.pending.put(pending)
+        with self.arrivals:
+            self.received += 1
+            ahead = self.pending.qsize() + self.busy
+            print(
+                f"devmode: request {self.received} received, {ahead} ahead of it",
+                file=sys.stderr,
+                flush=True,
+            )
+            self.pending.put(pending)
         pending.done.wait()
         return pending.outcome
 
     def _work(self) -> None:
         while (pending := self.pending.get()) is not None:
+            self.busy = 1
             try:
                 pending.outcome = self.function.invoke(pending.event)
             except Exception:  # noqa: BLE001 - the waiting request still needs an answer
                 traceback.print_exc()
             finally:
+                self.busy = 0
                 pending.done.set()
 
     def serve_forever(self) -> None:
