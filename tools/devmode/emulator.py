@@ -14,9 +14,10 @@ import sys
 import threading
 import traceback
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 from tools.devmode.function import Function, Outcome
+from tools.devmode.runtime_api import QuietServer
 
 INVOKE_PATH = re.compile(r"/2015-03-31/functions/[^/]+/invocations")
 
@@ -68,8 +69,7 @@ class Emulator:
                     headers["X-Amz-Function-Error"] = "Unhandled"
                 self.reply(200, outcome.payload, headers)
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
+        self.server = QuietServer((host, port), Handler)
         self.port = self.server.server_address[1]
         self.url = (
             f"http://{host}:{self.port}/2015-03-31/functions/function/invocations"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,16 @@ class Happening:
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     monotonic: float = field(default_factory=time.monotonic)
+
+
+class QuietServer(ThreadingHTTPServer):
+    """A threading HTTP server that does not print a traceback when a client hangs up."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class RuntimeApi:
@@ -118,8 +129,8 @@ class RuntimeApi:
                     return self.not_found()
                 self.reply(202, b'{"status": "OK"}')
 
-        self.server = ThreadingHTTPServer((host, 0), Handler)
-        self.server.daemon_threads = True
+        # A runtime killed in its long poll of /next resets its connection: nothing to report.
+        self.server = QuietServer((host, 0), Handler)
         self.address = "{}:{}".format(*self.server.server_address[:2])
         self.thread = threading.Thread(
             target=self.server.serve_forever, name="runtime-api", daemon=True
