@@ -9,6 +9,7 @@ import json
 import os
 import queue
 import re
+import select
 import subprocess
 import sys
 import threading
@@ -243,6 +244,54 @@ def test_serve_answers_concurrent_invocations_in_order():
         assert process.wait(timeout=120) == 130
         reader.join(timeout=60)
         assert not reader.is_alive()
+
+
+def _descendants(pid: int) -> list[int]:
+    found, pending = [], [pid]
+    while pending:
+        for task in Path(f"/proc/{pending.pop()}/task").iterdir():
+            children = [int(c) for c in (task / "children").read_text().split()]
+            found += children
+            pending += children
+    return found
+
+
+def test_nothing_outlives_a_killed_invoke():
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tools.devmode.invoke",
+            "--image",
+            str(image_dir("amd64", "devmode")),
+            "--cache-dir",
+            str(CACHE),
+            "--serve",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        url = process.stdout.readline().split()[-1]
+        assert _post(url, {"number": 1})[2]["invocation"] == 1  # the function is up
+        sandbox_processes = _descendants(process.pid)
+        # unshare, the sandbox's process 1 and the function (setpriv execs unshare).
+        assert len(sandbox_processes) >= 3, sandbox_processes
+        handles = [os.pidfd_open(pid) for pid in sandbox_processes]
+    finally:
+        process.kill()  # SIGKILL: no cleanup code of invoke's runs
+        process.wait(timeout=60)
+    try:
+        for pid, handle in zip(sandbox_processes, handles):
+            ready, _, _ = select.select([handle], [], [], 120)
+            assert ready, (
+                f"process {pid} of the sandbox still runs 120 s after invoke died"
+            )
+    finally:
+        for handle in handles:
+            os.close(handle)
 
 
 @pytest.fixture(scope="module")

@@ -206,6 +206,9 @@ class Instance:
 
 
 class Function:
+    """A function's instances, one at a time. An instance lives at most as long as the thread
+    that started it (see sandbox.py): call `invoke` from one long-lived thread."""
+
     def __init__(self, settings: Settings, scratch: Path, log: TextIO):
         self.settings = settings
         self.scratch = scratch

@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from tools.devmode import sandbox
 from tools.devmode.emulator import Emulator
 from tools.devmode.function import Function, Settings
 from tools.devmode.image import Image, ImageError
@@ -162,29 +164,24 @@ def parser() -> argparse.ArgumentParser:
     return arguments
 
 
-def settings_from(options: argparse.Namespace, root: Path, image: Image) -> Settings:
+def check_limits(options: argparse.Namespace) -> None:
     if options.timeout <= 0 or options.init_timeout <= 0:
         raise UsageError("--timeout and --init-timeout must be positive seconds")
     if not 128 <= options.memory <= 10240:
         raise UsageError(
             f"--memory must be 128 to 10240 MB, as in Lambda; got {options.memory}"
         )
+
+
+def environment(options: argparse.Namespace) -> dict[str, str]:
+    """The function's variables: --env-file files in order, then --env (later ones win)."""
     env: dict[str, str] = {}
     for path in options.env_file:
         env.update(read_env_file(user_path(str(path))))
     for text in options.env:
         name, value = parse_env_line(text, "--env")
         env[name] = value
-    return Settings(
-        image=image,
-        root=root,
-        function_name=options.function_name,
-        env=env,
-        timeout=options.timeout,
-        memory_mb=options.memory,
-        init_timeout=options.init_timeout,
-        handler=options.handler,
-    )
+    return env
 
 
 def describe_error(payload: bytes) -> str:
@@ -203,14 +200,23 @@ def describe_error(payload: bytes) -> str:
     return "\n".join(lines)
 
 
+def _exit_on_sigterm(number: int, _frame) -> None:
+    sys.exit(128 + number)  # unwinds through the `finally` that stops the function
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     options = parser().parse_args(argv)
     try:
         image_path = options.image.absolute()
         if image_path.name == "manifest.json":
             image_path = image_path.parent
         image = Image.from_directory(image_path)
+        # Every mistake in the arguments is reported before the (possibly long) unpack.
+        check_limits(options)
+        env = environment(options)
         event = read_event(options.event) if options.event else b"{}"
+        sandbox.qemu_for(image.architecture)
         cache = RootCache(options.cache_dir or default_cache_directory())
         started = time.monotonic()
         root = cache.root_for(image)
@@ -219,15 +225,32 @@ def main(argv: list[str] | None = None) -> int:
                 f"devmode: unpacked {cache.layers_applied} layer(s) into {root} in {time.monotonic() - started:.1f} s",
                 file=sys.stderr,
             )
-        settings = settings_from(options, root, image)
-    except (UsageError, ImageError) as error:
+    except (UsageError, ImageError, SandboxError) as error:
         print(f"invoke: {error}", file=sys.stderr)
         return EXIT_USAGE
+    settings = Settings(
+        image=image,
+        root=root,
+        function_name=options.function_name,
+        env=env,
+        timeout=options.timeout,
+        memory_mb=options.memory,
+        init_timeout=options.init_timeout,
+        handler=options.handler,
+    )
     with tempfile.TemporaryDirectory(prefix="devmode-") as scratch:
         function = Function(settings, Path(scratch), log=sys.stderr)
         try:
             if options.serve is not None:
-                emulator = Emulator(function, options.serve)
+                try:
+                    emulator = Emulator(function, options.serve)
+                except OSError as error:
+                    print(
+                        f"invoke: cannot listen on 127.0.0.1:{options.serve}: {error.strerror};"
+                        " pass another port to --serve (0 picks a free one)",
+                        file=sys.stderr,
+                    )
+                    return EXIT_USAGE
                 print(f"devmode: serving {emulator.url}", flush=True)
                 emulator.serve_forever()
                 return 0

@@ -5,7 +5,8 @@
 process 1 of new mount and PID namespaces (unshare; a user namespace too when not root). That
 process makes the mounts, starts the function chrooted into the root, reaps orphans, and
 writes how the function ended (exit code or signal) to a status file. When the host side kills
-unshare, `--kill-child` takes the whole namespace down with it: no stray processes.
+unshare (or the host side dies: setpriv's --pdeathsig), `--kill-child` takes the whole
+namespace down with it: no stray processes.
 """
 
 from __future__ import annotations
@@ -81,7 +82,11 @@ def command(
     if not is_root():
         namespaces.insert(0, "--map-root-user")
     qemu = qemu_for(architecture)
+    # If the caller dies, even by SIGKILL, unshare is killed and takes the sandbox with it.
+    setpriv = shutil.which("setpriv")
+    orphan_guard = [setpriv, "--pdeathsig", "KILL"] if setpriv else []
     return [
+        *orphan_guard,
         unshare,
         *namespaces,
         sys.executable,

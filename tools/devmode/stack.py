@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import threading
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,13 @@ class DevStack:
         self._moto.start()
         host, port = self._moto.get_host_and_port()
         self.endpoint_url = f"http://{host}:{port}"
+        # moto keeps its state per process, not per server: start from nothing every time.
+        urllib.request.urlopen(
+            urllib.request.Request(
+                f"{self.endpoint_url}/moto-api/reset", method="POST"
+            ),
+            timeout=60,
+        ).close()
         create_table(self.client("dynamodb"), NAMES["DYNAMODB_TABLE_NAME"])
         s3 = self.client("s3")
         s3.create_bucket(Bucket=NAMES["CHROMADB_BUCKET"])
