@@ -219,7 +219,14 @@ def main(argv: list[str] | None = None) -> int:
         sandbox.qemu_for(image.architecture)
         cache = RootCache(options.cache_dir or default_cache_directory())
         started = time.monotonic()
-        root = cache.root_for(image)
+        try:
+            root = cache.root_for(image)
+        except OSError as error:
+            # The staging directory is gone again: no half-unpacked root is left behind.
+            raise UsageError(
+                f"cannot unpack the image into {cache.directory}: {error.strerror};"
+                " free some space or pass --cache-dir on a larger disk"
+            ) from None
         if cache.layers_applied:
             print(
                 f"devmode: unpacked {cache.layers_applied} layer(s) into {root} in {time.monotonic() - started:.1f} s",
