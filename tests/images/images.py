@@ -1,4 +1,4 @@
-"""Reading the handler images that tests/images/BUILD.bazel exposes, and running programs inside them.
+"""Reading the handler images that tests/images/BUILD.bazel exposes (tools/devmode runs them).
 
 Each variant (arm64, amd64, lambda, edited) is a directory tests/images/<variant>/<handler>/ with
 the image's manifest.json, config.json, digest, descriptor.json and OCI layout directory.
@@ -9,11 +9,9 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
 import struct
-import subprocess
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +22,6 @@ HANDLERS = os.environ.get("HANDLERS", "").split()
 ENTRYPOINT = ["/usr/bin/python3.13", "-m", "awslambdaric"]
 ELF_MACHINES = {62: "amd64", 183: "arm64"}  # EM_X86_64, EM_AARCH64
 PLATFORM_MACHINES = {"amd64": "x86_64", "arm64": "aarch64"}
-NONROOT = 65532  # the image's nonroot user and group (base/, /etc/passwd)
 
 if "TEST_SRCDIR" not in os.environ:
     pytest.skip(
@@ -111,88 +108,6 @@ def elf_machine(content: bytes) -> str | None:
         return None
     (machine,) = struct.unpack_from("<H", content, 18)
     return ELF_MACHINES.get(machine, str(machine))
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-def apply_layer(blob: Path, root: Path) -> None:
-    """Applies one layer to `root` as a container runtime does: whiteouts delete, entries replace."""
-    with tarfile.open(blob, "r|*") as archive:
-        for info in archive:
-            name = info.name.lstrip("/").removeprefix("./")
-            parent, _, base = name.rpartition("/")
-            target_dir = root / parent
-            if (
-                base == ".wh..wh..opq"
-            ):  # opaque directory: drop what lower layers put there
-                for child in target_dir.iterdir() if target_dir.is_dir() else ():
-                    _remove(child)
-                continue
-            if base.startswith(".wh."):
-                _remove(target_dir / base.removeprefix(".wh."))
-                continue
-            existing = root / name
-            if not (info.isdir() and existing.is_dir() and not existing.is_symlink()):
-                _remove(existing)
-            # "tar": no absolute paths, no escaping `root`, no setuid bits; symlinks kept as they are.
-            archive.extract(info, root, set_attrs=True, filter="tar")
-
-
-def unpack(blobs: Sequence[Path], root: Path) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    for blob in blobs:
-        apply_layer(blob, root)
-    root.chmod(
-        0o755
-    )  # as a container's / is; a temporary directory's 0700 would lock out nonroot
-    return root
-
-
-def isolation_prefix(root: Path, workdir: str, as_nonroot: bool = True) -> list[str]:
-    """Runs a command with `root` as / and `workdir` as its directory: as root with unshare's chroot
-    (as the nonroot user, as Lambda runs functions unprivileged), else in a user namespace."""
-    unshare = shutil.which("unshare")
-    assert unshare, "unshare (util-linux) is missing"
-    if os.geteuid() == 0:
-        prefix = [unshare, f"--root={root}", f"--wd={workdir}"]
-        if as_nonroot:
-            prefix += [f"--setgid={NONROOT}", f"--setuid={NONROOT}"]
-        return prefix
-    probe = subprocess.run(
-        [unshare, "--map-root-user", "true"], capture_output=True, check=False
-    )
-    if probe.returncode != 0:
-        pytest.skip(
-            "needs root or unprivileged user namespaces to enter the root file system"
-        )
-    return [unshare, "--map-root-user", f"--root={root}", f"--wd={workdir}"]
-
-
-def command_in_root(
-    root: Path, arch: str, argv: Sequence[str], workdir: str = "/"
-) -> list[str]:
-    """The command line running `argv` (absolute paths inside `root`), under qemu-user for arm64 on amd64."""
-    command = isolation_prefix(root, workdir)
-    if PLATFORM_MACHINES[arch] != os.uname().machine:
-        qemu = shutil.which(f"qemu-{PLATFORM_MACHINES[arch]}-static")
-        assert qemu, (
-            f"qemu-{PLATFORM_MACHINES[arch]}-static is missing: apt-get install qemu-user-static"
-        )
-        shutil.copy(qemu, root / "qemu-static")
-        command.append("/qemu-static")
-    return command + list(argv)
-
-
-def image_env(config: dict, **extra: str) -> dict[str, str]:
-    """The environment a runtime gives the container: the config's Env plus `extra`."""
-    env = dict(entry.split("=", 1) for entry in config["config"]["Env"])
-    env.update(extra)
-    return env
 
 
 def read_tar_text(blob: Path, name: str) -> str:

@@ -1,17 +1,13 @@
-"""The images really run: their layers unpacked into a directory (in order, whiteouts honoured) and
-entered with unshare's chroot as the nonroot user (a user namespace when not root). amd64 runs
-natively, arm64 under qemu-aarch64-static. Last, the image's entrypoint and cmd (awslambdaric)
-serve invocations from a Lambda Runtime API served by this test, against a moto server."""
+"""The images really run, through dev mode (tools/devmode): the shared amd64 layers unpacked once
+(in order, whiteouts honoured) and entered read-only as the nonroot user; then the image's
+entrypoint and cmd (awslambdaric) serve invocations from dev mode's Lambda Runtime API against a
+moto server. arm64 under qemu-user is tests/devmode/invoke_test.py's."""
 
 from __future__ import annotations
 
 import json
-import queue
 import subprocess
-import threading
-import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import boto3
@@ -24,17 +20,12 @@ from receipt_dynamo import (
     create_table,
 )
 
-from tests.images.images import (
-    HANDLERS,
-    Image,
-    apply_layer,
-    command_in_root,
-    image,
-    image_env,
-    images,
-    unpack,
-)
+from tests.images.images import HANDLERS, Image, image, images
 from tests.pipeline.fixtures import REGION
+from tools.devmode import sandbox
+from tools.devmode.function import Function, Settings
+from tools.devmode.image import Image as DevImage
+from tools.devmode.unpack import apply_layer, unpack
 
 DEPENDENCIES = "import chromadb, numpy, boto3, openai, awslambdaric"
 # Values for every variable some handler checks at cold start (receipt_label.config).
@@ -50,37 +41,29 @@ HANDLER_ENV = {
 }
 
 
-def run_in(
-    root: Path, found: Image, argv: list[str], env: dict[str, str], timeout: float = 300
-):
-    return subprocess.run(
-        command_in_root(
-            root,
-            found.config["architecture"],
-            argv,
-            workdir=found.config["config"]["WorkingDir"],
-        ),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=timeout,
-        env=image_env(found.config, **env),
-    )
-
-
 def python(
     root: Path,
     found: Image,
     code: str,
     env: dict[str, str] | None = None,
     timeout: float = 300,
-):
-    return run_in(
+) -> subprocess.CompletedProcess:
+    """`python3 -c code` in the image's sandbox, with the image's Env plus `env`."""
+    dev_image = DevImage.from_directory(found.directory)
+    command = sandbox.command(
         root,
-        found,
-        [found.config["config"]["Entrypoint"][0], "-c", code],
-        env or {},
-        timeout,
+        dev_image.architecture,
+        [dev_image.entrypoint[0], "-c", code],
+        dev_image.workdir,
+        root.parent / f"status-{uuid.uuid4().hex}.json",
+    )
+    return subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+        env={**dev_image.env, **(env or {})},
     )
 
 
@@ -148,176 +131,22 @@ def test_each_handler_module_imports_in_its_image(amd64_root, name):
     assert result.stdout.split() == ["/var/task/handler.py", "True"]
 
 
-def test_arm64_image_imports_under_qemu(tmp_path):
-    found = image("arm64", "list_pending_batches")
-    root = unpack(found.layer_blobs(), tmp_path / "rootfs")
-    code = (
-        DEPENDENCIES
-        + ", handler, platform; print(platform.machine(), handler.__file__)"
+# awslambdaric against dev mode's Lambda Runtime API
+
+
+def function(root: Path, found: Image, env: dict[str, str], scratch: Path, log):
+    settings = Settings(
+        image=DevImage.from_directory(found.directory),
+        root=root,
+        function_name="list-pending-batches",
+        env=env,
+        timeout=120,
     )
-    result = python(root, found, code, HANDLER_ENV, timeout=600)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["aarch64", "/var/task/handler.py"]
-
-
-# awslambdaric against a Lambda Runtime API
-
-
-class RuntimeApi:
-    """The Lambda Runtime API (version 2018-06-01) that Lambda serves one function instance: events
-    are handed out by GET .../invocation/next, results come back by POST."""
-
-    FUNCTION_ARN = "arn:aws:lambda:us-east-1:123456789012:function:list-pending-batches"
-
-    def __init__(self):
-        self.events: queue.Queue[tuple[str, bytes]] = queue.Queue()
-        self.results: queue.Queue[tuple[str, str | None, dict[str, str], bytes]] = (
-            queue.Queue()
-        )
-        self.stopping = threading.Event()
-        self.request_ids: list[str] = []
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def reply(
-                self, status: int, body: bytes, headers: dict[str, str] | None = None
-            ):
-                self.send_response(status)
-                for key, value in (headers or {}).items():
-                    self.send_header(key, value)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def body(self) -> bytes:
-                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    data = b""
-                    while size := int(self.rfile.readline().split(b";")[0], 16):
-                        data += self.rfile.read(size)
-                        self.rfile.readline()
-                    self.rfile.readline()
-                    return data
-                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-            def lowercase_headers(self) -> dict[str, str]:
-                return {key.lower(): value for key, value in self.headers.items()}
-
-            def do_GET(self):
-                if self.path != "/2018-06-01/runtime/invocation/next":
-                    return self.reply(404, b'{"errorType": "NotFound"}')
-                while not api.stopping.is_set():
-                    try:
-                        request_id, event = api.events.get(timeout=0.2)
-                    except queue.Empty:
-                        continue
-                    deadline = int((time.time() + 60) * 1000)
-                    return self.reply(
-                        200,
-                        event,
-                        {
-                            "Lambda-Runtime-Aws-Request-Id": request_id,
-                            "Lambda-Runtime-Deadline-Ms": str(deadline),
-                            "Lambda-Runtime-Invoked-Function-Arn": RuntimeApi.FUNCTION_ARN,
-                            "Lambda-Runtime-Trace-Id": "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=0",
-                        },
-                    )
-
-            def do_POST(self):
-                parts = self.path.strip("/").split("/")
-                body = self.body()
-                if (
-                    len(parts) == 5
-                    and parts[:3] == ["2018-06-01", "runtime", "invocation"]
-                    and parts[4]
-                    in (
-                        "response",
-                        "error",
-                    )
-                ):
-                    api.results.put(
-                        (parts[4], parts[3], self.lowercase_headers(), body)
-                    )
-                    return self.reply(202, b'{"status": "OK"}')
-                if parts == ["2018-06-01", "runtime", "init", "error"]:
-                    api.results.put(
-                        ("init/error", None, self.lowercase_headers(), body)
-                    )
-                    return self.reply(202, b'{"status": "OK"}')
-                return self.reply(404, b'{"errorType": "NotFound"}')
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.address = f"127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def invoke(self, event, timeout: float = 120) -> tuple[str, dict[str, str], bytes]:
-        """Hands `event` to the runtime; returns ('response' or 'error', headers, body) it posted."""
-        request_id = str(uuid.uuid4())
-        self.request_ids.append(request_id)
-        self.events.put((request_id, json.dumps(event).encode()))
-        kind, posted_id, headers, body = self.next_result(
-            timeout, f"invocation {event}"
-        )
-        assert posted_id == request_id, (
-            f"the runtime answered {posted_id} to {request_id}"
-        )
-        return kind, headers, body
-
-    def next_result(self, timeout: float, awaited: str) -> tuple:
-        try:
-            return self.results.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(
-                f"the function posted no result for {awaited} within {timeout:.0f} s"
-            ) from None
-
-    def close(self):
-        self.stopping.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=60)
-        assert not self.thread.is_alive(), "the Runtime API server did not stop in 60 s"
-
-
-@pytest.fixture
-def runtime_api():
-    api = RuntimeApi()
-    yield api
-    api.close()
-
-
-def start_function(
-    root: Path, found: Image, runtime_api: RuntimeApi, env: dict[str, str], log: Path
-):
-    """The image's entrypoint + cmd, as Lambda starts it: in WorkingDir, with the config's Env."""
-    argv = found.config["config"]["Entrypoint"] + found.config["config"]["Cmd"]
-    command = command_in_root(
-        root, found.config["architecture"], argv, found.config["config"]["WorkingDir"]
-    )
-    full_env = image_env(
-        found.config, AWS_LAMBDA_RUNTIME_API=runtime_api.address, **env
-    )
-    with open(log, "w") as output:
-        return subprocess.Popen(
-            command, stdout=output, stderr=subprocess.STDOUT, env=full_env
-        )
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.kill()
-    process.wait(timeout=30)
+    return Function(settings, scratch, log)
 
 
 def test_awslambdaric_serves_invocations_against_dynamodb(
-    amd64_root, runtime_api, moto_endpoint, tmp_path
+    amd64_root, moto_endpoint, tmp_path
 ):
     found = image("amd64", "list_pending_batches")
     dynamodb = boto3.session.Session().client(
@@ -347,48 +176,47 @@ def test_awslambdaric_serves_invocations_against_dynamodb(
         "DYNAMODB_TABLE_NAME": table,
         "AWS_ENDPOINT_URL": moto_endpoint,
     }
-    log = tmp_path / "function.log"
-    process = start_function(
-        with_handler(amd64_root, found), found, runtime_api, env, log
-    )
-    try:
-        kind, _, body = runtime_api.invoke({"batch_type": "LINE_EMBEDDING"})
-        assert kind == "response", f"{body!r}\n{log.read_text()}"
-        assert sorted(json.loads(body), key=lambda b: b["batch_id"]) == [
-            {"batch_id": "line-1", "openai_batch_id": "batch_l1"},
-            {"batch_id": "line-2", "openai_batch_id": "batch_l2"},
-        ]
+    log_path = tmp_path / "function.log"
+    request_ids = []
+    with open(log_path, "w") as log:
+        running = function(with_handler(amd64_root, found), found, env, tmp_path, log)
+        try:
+            outcome = running.invoke(b'{"batch_type": "LINE_EMBEDDING"}')
+            request_ids.append(outcome.request_id)
+            assert outcome.ok, f"{outcome.payload!r}\n{log_path.read_text()}"
+            assert sorted(json.loads(outcome.payload), key=lambda b: b["batch_id"]) == [
+                {"batch_id": "line-1", "openai_batch_id": "batch_l1"},
+                {"batch_id": "line-2", "openai_batch_id": "batch_l2"},
+            ]
 
-        kind, _, body = runtime_api.invoke({"limit": 0})
-        assert kind == "response"
-        rejected = json.loads(body)
-        assert rejected["error"]["type"] == "InvalidInput"
-        assert "limit" in rejected["error"]["message"]
+            outcome = running.invoke(b'{"limit": 0}')
+            request_ids.append(outcome.request_id)
+            assert outcome.ok
+            rejected = json.loads(outcome.payload)
+            assert rejected["error"]["type"] == "InvalidInput"
+            assert "limit" in rejected["error"]["message"]
 
-        # An AWS failure is raised, so Lambda reports it (and the state machine retries).
-        dynamodb.delete_table(TableName=table)
-        kind, headers, body = runtime_api.invoke({})
-        assert kind == "error", body
-        error = json.loads(body)
-        assert error["errorType"] == "ResourceNotFoundException", error
-        assert error["stackTrace"], error
-        # awslambdaric's client sends the X-Ray cause, not Lambda-Runtime-Function-Error-Type.
-        assert (
-            "ResourceNotFoundException"
-            in headers["lambda-runtime-function-xray-error-cause"]
-        )
+            # An AWS failure is raised, so Lambda reports it (and the state machine retries).
+            dynamodb.delete_table(TableName=table)
+            outcome = running.invoke(b"{}")
+            request_ids.append(outcome.request_id)
+            assert outcome.status == "error", outcome.payload
+            error = outcome.error()
+            assert error["errorType"] == "ResourceNotFoundException", error
+            assert error["stackTrace"], error
 
-        # The same instance goes on serving after a failed invocation.
-        create_table(dynamodb, table)
-        kind, _, body = runtime_api.invoke({"batch_type": "WORD_EMBEDDING"})
-        assert (kind, json.loads(body)) == ("response", [])
-        assert process.poll() is None, log.read_text()
-    finally:
-        stop(process)
+            # The same instance goes on serving after a failed invocation.
+            create_table(dynamodb, table)
+            outcome = running.invoke(b'{"batch_type": "WORD_EMBEDDING"}')
+            request_ids.append(outcome.request_id)
+            assert (outcome.status, json.loads(outcome.payload)) == ("success", [])
+            assert outcome.init_duration_ms is None, "a warm invocation has no init"
+        finally:
+            running.close()
     # The handler's JSON logs carry each invocation's request id, which Lambda hands the runtime.
     lines = [
         json.loads(line)
-        for line in log.read_text().splitlines()
+        for line in log_path.read_text().splitlines()
         if line.startswith("{")
     ]
     entries = [
@@ -397,33 +225,24 @@ def test_awslambdaric_serves_invocations_against_dynamodb(
         if line.get("logger") == "receipt_label.runtime"
     ]
     assert entries == list(
-        zip(
-            ["handled", "rejected input", "handler failed", "handled"],
-            runtime_api.request_ids,
-        )
+        zip(["handled", "rejected input", "handler failed", "handled"], request_ids)
     )
 
 
-def test_awslambdaric_reports_a_missing_setting_as_an_init_error(
-    amd64_root, runtime_api, tmp_path
-):
+def test_awslambdaric_reports_a_missing_setting_as_an_init_error(amd64_root, tmp_path):
     found = image("amd64", "list_pending_batches")
     env = {
         name: value
         for name, value in HANDLER_ENV.items()
         if name != "DYNAMODB_TABLE_NAME"
     }
-    log = tmp_path / "function.log"
-    process = start_function(
-        with_handler(amd64_root, found), found, runtime_api, env, log
-    )
-    try:
-        kind, posted_id, headers, body = runtime_api.next_result(120, "its init error")
-        assert (kind, posted_id) == ("init/error", None), body
-        error = json.loads(body)
-        assert error["errorType"] == "ConfigError", error
-        assert "DYNAMODB_TABLE_NAME" in error["errorMessage"]
-        assert headers["lambda-runtime-function-error-type"] == "ConfigError"
-        assert process.wait(timeout=60) != 0, "a function whose init failed must exit"
-    finally:
-        stop(process)
+    with open(tmp_path / "function.log", "w") as log:
+        running = function(with_handler(amd64_root, found), found, env, tmp_path, log)
+        try:
+            outcome = running.invoke(b"{}")
+        finally:
+            running.close()
+    assert outcome.status == "init_error", outcome.payload
+    error = outcome.error()
+    assert error["errorType"] == "ConfigError", error
+    assert "DYNAMODB_TABLE_NAME" in error["errorMessage"]

@@ -7,10 +7,13 @@ The image is //base:lambda (the Debian Python runtime, the third-party and first
 every handler shares) plus one small layer with the handler's files in /var/task. It is built
 for the platform //platforms:lambda names (linux/arm64 unless `--config=amd64`), whatever the
 host is. Besides `<name>` the macro defines `<name>.load` (`bazel run` loads it into docker or
-podman) and `push` (`bazel run` pushes it; see tools/push). Both are `manual`: `bazel build
-//handlers/...` builds the images only.
+podman), `push` (`bazel run` pushes it; see tools/push) and `invoke` (`bazel run` runs the
+image locally under a Lambda Runtime API; see tools/devmode). `invoke` builds the image for the
+platform //platforms:invoke names: this machine's, unless `--config=arm64` or `--config=amd64`.
+All three are `manual`: `bazel build //handlers/...` builds the images only.
 """
 
+load("@rules_python//python:defs.bzl", "py_binary")
 load("//tools/oci:defs.bzl", "OciImageInfo", "oci_image", "oci_layer", "oci_load")
 load("//tools/push:defs.bzl", "oci_push")
 
@@ -40,6 +43,58 @@ lambda_platform_image = rule(
         ),
     },
     doc = "`image` built for the platform //platforms:lambda names.",
+)
+
+_HOST_CPU_PLATFORMS = {
+    "aarch64": "//platforms:linux_arm64",
+    "arm64": "//platforms:linux_arm64",
+    "k8": "//platforms:linux_amd64",
+    "x86_64": "//platforms:linux_amd64",
+}
+
+def _invoke_platform_transition_impl(settings, _attr):
+    platform = settings["//platforms:invoke"]
+    if platform == Label("//platforms:host"):
+        # The named platform, not //platforms:host itself: the same configuration as
+        # `--config=amd64` builds, so their layers are built once.
+        host_cpu = settings["//command_line_option:host_cpu"]
+        if host_cpu not in _HOST_CPU_PLATFORMS:
+            fail("no Lambda architecture for this machine's CPU %r: pass --config=amd64 or --config=arm64" % host_cpu)
+        return {"//command_line_option:platforms": str(Label(_HOST_CPU_PLATFORMS[host_cpu]))}
+    return {"//command_line_option:platforms": str(platform)}
+
+_invoke_platform_transition = transition(
+    implementation = _invoke_platform_transition_impl,
+    inputs = ["//platforms:invoke", "//command_line_option:host_cpu"],
+    outputs = ["//command_line_option:platforms"],
+)
+
+def _invoke_image_impl(ctx):
+    image = ctx.attr.image[0][OciImageInfo]
+    layouts = ctx.attr.image[0][OutputGroupInfo].layout.to_list()
+    if len(layouts) != 1:
+        fail("%s has %d layout outputs, expected 1" % (ctx.attr.image[0].label, len(layouts)))
+    links = []
+    for name, target in (("manifest.json", image.manifest), ("config.json", image.config)):
+        link = ctx.actions.declare_file("%s/%s" % (ctx.label.name, name))
+        ctx.actions.symlink(output = link, target_file = target)
+        links.append(link)
+    layout = ctx.actions.declare_directory(ctx.label.name + "/layout")
+    ctx.actions.symlink(output = layout, target_file = layouts[0])
+    return [DefaultInfo(
+        files = depset(links[:1]),
+        runfiles = ctx.runfiles(files = links + [layout]),
+    )]
+
+invoke_image = rule(
+    implementation = _invoke_image_impl,
+    attrs = {
+        "image": attr.label(mandatory = True, providers = [OciImageInfo], cfg = _invoke_platform_transition),
+        "_allowlist_function_transition": attr.label(
+            default = "@bazel_tools//tools/allowlists/function_transition_allowlist",
+        ),
+    },
+    doc = "`image` for //platforms:invoke: its manifest.json (the output), config.json and layout/ beside it (runfiles).",
 )
 
 def lambda_image(name, srcs, handler, base = "//base:lambda", visibility = None, tags = []):
@@ -78,6 +133,27 @@ def lambda_image(name, srcs, handler, base = "//base:lambda", visibility = None,
         repo_tags = ["receipt-lambdas/%s:latest" % handler_name],
         # The tarball copies every blob; build it only when asked for.
         tags = tags + ["manual"],
+    )
+    invoke_image(
+        name = name + "_invoke",
+        image = name + "_any_platform",
+        tags = tags + ["manual"],
+    )
+    py_binary(
+        name = "invoke",
+        srcs = ["//tools/devmode:invoke.py"],
+        main = "//tools/devmode:invoke.py",
+        args = [
+            "--image",
+            "$(rootpath :%s_invoke)" % name,
+            "--function-name",
+            handler_name.replace("_", "-"),
+        ],
+        data = [name + "_invoke"],
+        deps = ["//tools/devmode"],
+        # Builds the image for this machine, which `bazel build //handlers/...` does not need.
+        tags = tags + ["manual"],
+        visibility = visibility,
     )
     oci_push(
         name = "push",
