@@ -4,6 +4,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import launcher
@@ -174,3 +175,18 @@ def test_bazel_version_must_match_bazelversion(tmp_path, monkeypatch):
         match="asks for Bazel 8.0.0 but the build environment has 7.7.1",
     ):
         launcher.check_bazel_version(tmp_path)
+
+
+def test_only_build_commands_load_the_metrics_recorder(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("BUILD_METRICS", raising=False)
+    for name in [m for m in sys.modules if m.startswith("tools.metrics")]:
+        monkeypatch.delitem(sys.modules, name)
+    for argv in (["info"], ["query", "//..."], ["shutdown"], ["--version"]):
+        assert launcher.metrics_recording(argv) is None
+    assert "tools.metrics.record" not in sys.modules, "info/query stay fast"
+    recording = launcher.metrics_recording(["test", "//tools/..."])
+    assert recording.bazel_args[:2] == [
+        "test",
+        f"--build_event_json_file={recording.events}",
+    ]

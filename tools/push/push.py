@@ -88,6 +88,10 @@ class Target:
     tags: tuple[str, ...] = ()
 
 
+# Set by tools/bazel: where write_metrics puts this push's numbers.
+METRICS_FILE_VARIABLE = "BUILD_METRICS_PUSH_FILE"
+
+
 @dataclasses.dataclass
 class Result:
     name: str
@@ -606,6 +610,39 @@ def write_references(
     os.replace(temporary, path)
 
 
+def write_metrics(registry_name: str, results: list[Result], seconds: float) -> None:
+    """The push's numbers for the build history, where tools/bazel asks for them
+    (tools/metrics/record.py reads the file when `bazel run` ends)."""
+    path = os.environ.get(METRICS_FILE_VARIABLE)
+    if not path:
+        return
+    images = [
+        {
+            "name": r.name,
+            "repository": r.repository,
+            "uploaded": r.uploaded,
+            "mounted": r.mounted,
+            "skipped": r.skipped,
+            "seconds": r.seconds,
+            "error": r.error,
+        }
+        for r in results
+    ]
+    record = {
+        "pushed_at": time.time(),
+        "registry": registry_name,
+        "seconds": seconds,
+        "images": images,
+    }
+    try:
+        Path(path).write_text(json.dumps(record) + "\n")
+    except OSError as error:  # the push itself succeeded; only its metrics are lost
+        print(
+            f"note: push metrics not recorded: {path}: {error.strerror}",
+            file=sys.stderr,
+        )
+
+
 def shown_path(path: Path) -> Path:
     """`path` as bazel-bin/... when it is under the workspace's bazel-bin, which reads better."""
     workspace = os.environ.get("BUILD_WORKSPACE_DIRECTORY")
@@ -782,6 +819,7 @@ def _run(argv: list[str], out, err) -> tuple[int, list[Result]]:
         if output:
             write_references(output, registry, results)
             print(f"references: {shown_path(output)}", file=out)
+        write_metrics(registry.name, results, time.monotonic() - started)
     return (1 if failed else 0), results
 
 
