@@ -28,11 +28,23 @@ def _when(seconds: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC)
 
 
+def human_bytes(count: int) -> str:
+    if count < 1024:
+        return f"{count} B"
+    if count < MIB:
+        return f"{count / 1024:.1f} KiB"
+    return f"{count / MIB:.1f} MiB"
+
+
 def short_label(label: str) -> str:
     """//handlers/submit_to_openai:image -> submit_to_openai; //pkg/sub:other -> sub:other."""
     package, _, name = label.partition(":")
     directory = package.rsplit("/", 1)[-1]
     return directory if name in ("", "image", directory) else f"{directory}:{name}"
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _time_axis(axes) -> None:
@@ -122,6 +134,7 @@ def image_layers(images: list[dict], architecture: str) -> Figure:
     palette = plt.get_cmap("tab10").colors
     colors: dict[str, tuple] = {}
     labelled = set()
+    tallest = 0.0
     names = [short_label(image["label"]) for image in images]
     for x, image in enumerate(images):
         bottom = 0.0
@@ -147,18 +160,20 @@ def image_layers(images: list[dict], architecture: str) -> Figure:
             )
             labelled.add(label)
             bottom += height
+        own = image["compressed_bytes"] - image["shared_bytes"]
         axes.annotate(
-            f"{bottom:.0f} MiB\n{100 * image['shared_bytes'] / max(image['compressed_bytes'], 1):.0f}% shared",
+            f"{bottom:.0f} MiB\nown: {human_bytes(own)}",
             (x, bottom),
             ha="center",
             va="bottom",
             fontsize=8,
         )
+        tallest = max(tallest, bottom)
     axes.set_xticks(range(len(images)), names, rotation=20, ha="right")
     axes.set_xlabel("image")
     axes.set_ylabel("compressed size (MiB)")
     axes.set_title(f"Image size by layer (linux/{architecture}, latest build)")
-    axes.margins(y=0.15)
+    axes.set_ylim(0, tallest * 1.15 or 1)
     axes.legend(
         title="layer (bottom first)", loc="upper left", bbox_to_anchor=(1.01, 1)
     )
@@ -178,7 +193,7 @@ def push_bytes(pushes: list[dict]) -> Figure:
     axes.set_xticks(
         positions,
         [
-            f"{_when(p['pushed_at']):%m-%d %H:%M}\n{p['registry'].split('.')[0][:20]}"
+            f"{_when(p['pushed_at']):%m-%d %H:%M}\n{_shorten(p['registry'], 24)}"
             for p in pushes
         ],
         fontsize=8,
@@ -186,6 +201,7 @@ def push_bytes(pushes: list[dict]) -> Figure:
     axes.set_xlabel("push (UTC time, registry)")
     axes.set_ylabel("image bytes (MiB)")
     axes.set_title("Push bytes: what each `bazel run //:push` uploaded")
-    axes.legend(loc="upper left")
+    axes.set_ylim(0, max(bottom, default=0) * 1.3 or 1)
+    axes.legend(loc="upper center", ncol=3)
     axes.grid(True, axis="y", alpha=0.3)
     return figure

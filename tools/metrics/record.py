@@ -109,7 +109,12 @@ class Recording:
         summary = bep.parse(self.events)
         if not self.users_events:
             self.events.replace(self.directory / LAST_EVENTS)
-        built = [images.read_image(i.label, i.manifest) for i in summary.images]
+        # Outputs Bazel left in a remote cache (--remote_download_minimal) are not on disk.
+        built = [
+            images.read_image(i.label, i.manifest)
+            for i in summary.images
+            if i.manifest.exists()
+        ]
         connection = store.connect(self.directory / "history.sqlite3")
         try:
             build_id = store.add_build(

@@ -161,7 +161,7 @@ def render_html(history: Path, rows, charts_svg: dict[str, str]) -> str:
         for row in rows
     )
     sections = "".join(
-        f"<section><h2>{html.escape(name.removesuffix('.png').replace('-', ' '))}</h2>{image}</section>"
+        f"<section><h2>{html.escape(name.removesuffix('.png').replace('-', ' ').capitalize())}</h2>{image}</section>"
         for name, image in charts_svg.items()
     )
     generated = datetime.datetime.now(datetime.UTC)

@@ -1,6 +1,7 @@
 """What tools/bazel does around a recorded command: the flag it adds, the row and line after the
 command, the push numbers, and that a metrics problem never changes the exit status."""
 
+import re
 import sys
 from pathlib import Path
 
@@ -23,6 +24,19 @@ def cache_home(monkeypatch, tmp_path):
 def fake_bazel(script: str) -> list[str]:
     """A command standing in for Bazel: a Python snippet with the recording's paths."""
     return [sys.executable, "-c", script]
+
+
+def fixture_without_outputs(name: str, tmp_path: Path) -> Path:
+    """A fixture whose image outputs are gone, so what this machine's bazel-out holds does
+    not matter."""
+    events = re.sub(
+        r"file://[^\"]*/manifest\.json",
+        f"file://{tmp_path / 'gone' / 'manifest.json'}",
+        (TESTDATA / f"{name}.bep.json").read_text(),
+    )
+    path = tmp_path / f"{name}.bep.json"
+    path.write_text(events)
+    return path
 
 
 def test_event_file_flag_goes_right_after_the_command():
@@ -63,9 +77,11 @@ def test_opt_out(monkeypatch):
     assert record.Recording.start(["build", "//a"], WORKSPACE) is None
 
 
-def test_run_records_a_row_prints_the_line_and_keeps_the_exit_status(cache_home, capfd):
+def test_run_records_a_row_prints_the_line_and_keeps_the_exit_status(
+    cache_home, capfd, tmp_path
+):
     recording = record.Recording.start(["build", "//handlers/..."], WORKSPACE)
-    fixture = TESTDATA / "incremental_build.bep.json"
+    fixture = fixture_without_outputs("incremental_build", tmp_path)
     status = recording.run(
         fake_bazel(
             f"import shutil, sys; shutil.copy({str(fixture)!r}, {str(recording.events)!r}); sys.exit(3)"
@@ -86,9 +102,31 @@ def test_run_records_a_row_prints_the_line_and_keeps_the_exit_status(cache_home,
     assert (cache_home / "receipt-lambdas/metrics" / record.LAST_EVENTS).exists()
 
 
-def test_push_numbers_written_by_push_are_stored(cache_home, monkeypatch):
+def test_images_the_build_made_are_stored(cache_home, tmp_path):
+    # The cold build's events, one image pointing at a real image tests/BUILD.bazel builds.
+    events = (TESTDATA / "cold_build.bep.json").read_text()
+    built = Path("tools/metrics/tests/image_one/manifest.json").absolute()
+    # The other five images' outputs are gone, as after `bazel clean`: they are left out.
+    events = re.sub(
+        r"file://[^\"]*/(\w+)/image_any_platform/manifest\.json",
+        lambda m: (
+            f"file://{built if m[1] == 'submit_to_openai' else tmp_path / 'gone'}"
+        ),
+        events,
+    )
+    (tmp_path / "cold.bep.json").write_text(events)
+    recording = record.Recording.start(["build", "//handlers/..."], WORKSPACE)
+    script = f"import shutil; shutil.copy({str(tmp_path / 'cold.bep.json')!r}, {str(recording.events)!r})"
+    assert recording.run(fake_bazel(script), {}) == 0
+    connection = store.connect(cache_home / "receipt-lambdas/metrics/history.sqlite3")
+    (image,) = connection.execute("SELECT * FROM images").fetchall()
+    assert image["label"] == "//handlers/submit_to_openai:image"
+    assert image["layer_count"] == 2 and image["uncompressed_bytes"] > 0
+
+
+def test_push_numbers_written_by_push_are_stored(cache_home, tmp_path):
     recording = record.Recording.start(["run", "//:push"], WORKSPACE)
-    fixture = TESTDATA / "noop_build.bep.json"
+    fixture = fixture_without_outputs("noop_build", tmp_path)
     # The stand-in for `bazel run //:push` calls push.py's own writer, with the variable
     # tools/bazel passes it.
     script = (
