@@ -6,6 +6,7 @@ BUILD_METRICS=0 turns this off. A metrics problem never changes the command's ex
 prints one warning line. Standard library only: this runs on the host's python3.
 """
 
+import ctypes
 import json
 import os
 import signal
@@ -84,12 +85,7 @@ class Recording:
         """Runs `command` (which must pass `bazel_args` to Bazel) and records it; returns its
         exit status."""
         env = {**env, PUSH_FILE_VARIABLE: str(self.push_file)}
-        # Ctrl-C reaches Bazel through the terminal; we wait and record the interrupted build.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            status = subprocess.call(command, env=env)
-        finally:
-            signal.signal(signal.SIGINT, previous)
+        status = run_as_if_executed(command, env)
         try:
             self.record()
         except Exception as error:  # noqa: BLE001 - metrics must never fail the build
@@ -125,6 +121,43 @@ class Recording:
         finally:
             connection.close()
         print(summary.summary_line(), file=sys.stderr, flush=True)
+
+
+def run_as_if_executed(command: list[str], env: dict[str, str]) -> int:
+    """Runs `command` as a child that behaves as if tools/bazel had exec'd it: SIGTERM and
+    SIGHUP sent to us reach it, so does SIGINT unless the terminal already sent it to our whole
+    process group (Ctrl-C), and it gets SIGTERM if we die (callers such as tools/cache/e2e.py
+    stop a `tools/bazel run` server by signalling the pid they started). Returns its exit
+    status, 128 + N when signal N ended it, as a shell would report."""
+    # The launcher has one thread, so preexec_fn is safe here.
+    child = subprocess.Popen(command, env=env, preexec_fn=_terminate_with_parent)  # noqa: PLW1509
+
+    def forward(signum, _frame):
+        if signum != signal.SIGINT or not _in_terminal_foreground():
+            child.send_signal(signum)
+
+    forwarded = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+    previous = {signum: signal.signal(signum, forward) for signum in forwarded}
+    try:
+        status = child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return 128 - status if status < 0 else status
+
+
+def _terminate_with_parent() -> None:
+    # prctl(PR_SET_PDEATHSIG, SIGTERM): survives the exec chain unshare/nsenter -> sh -> chroot
+    # -> bazel (-> the `bazel run` program), which keeps one pid.
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
+
+
+def _in_terminal_foreground() -> bool:
+    try:
+        with open("/dev/tty", "rb") as tty:
+            return os.tcgetpgrp(tty.fileno()) == os.getpgrp()
+    except OSError:
+        return False
 
 
 def add_push_file(connection, path: Path, build_id: int | None) -> int:
