@@ -59,6 +59,8 @@ FAST_PATH_STAMP_FILES = (
     "tools/buildenv/packages.txt",
     "tools/buildenv/apt-preferences",
 )
+# Commands whose build metrics tools/metrics records (see metrics_recording).
+RECORDED_COMMANDS = {"build", "test", "run", "coverage"}
 
 
 class LauncherError(Exception):
@@ -354,6 +356,9 @@ def remote_cache_lines() -> list[str]:
         # The server needs boto3 and protobuf, so Bazel builds it from the locked wheels; that
         # inner tools/bazel must not look for a cache server itself (it would wait for this one).
         os.environ[NO_REMOTE_CACHE_VARIABLE] = "1"
+        os.environ["BUILD_METRICS"] = (
+            "0"  # the server's `bazel run` is not a build to record
+        )
         command = (
             str(WORKSPACE / "tools" / "bazel"),
             "run",
@@ -452,6 +457,17 @@ def print_info(environment: Path) -> None:
     print((environment / "manifest.tsv").read_text(), end="")
 
 
+def metrics_recording(argv: list[str]):
+    """tools/metrics/record.py's Recording for build, test, run and coverage, else None; only
+    those commands pay for importing it."""
+    if not RECORDED_COMMANDS.intersection(argv):
+        return None
+    sys.path.insert(0, str(WORKSPACE))
+    from tools.metrics import record
+
+    return record.Recording.start(argv, WORKSPACE)
+
+
 def main(argv: list[str]) -> int:
     host_bazel = os.environ.get(HOST_BAZEL_VARIABLE)
     if host_bazel:
@@ -467,6 +483,9 @@ def main(argv: list[str]) -> int:
         workdir = Path.cwd()
         root = environment / "root"
         output_user_root = cache / "bazel" / environment.name
+        recording = metrics_recording(argv)
+        if recording:
+            argv = recording.bazel_args
         remote_cache = remote_cache_lines()
         rc = bazel_rc(cache, remote_cache)
         startup = [f"--output_user_root={output_user_root}", f"--bazelrc={rc}"]
@@ -491,6 +510,8 @@ def main(argv: list[str]) -> int:
             script = chroot_script(root, binds, workdir)
             command = [*namespace_command(), "sh", "-c", script, "tools/bazel"]
             command += [*startup, *argv]
+        if recording:
+            return recording.run(command, env)
         os.execvpe(command[0], command, env)
     except LauncherError as error:
         print(f"tools/bazel: {error}", file=sys.stderr)

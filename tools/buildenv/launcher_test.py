@@ -251,3 +251,18 @@ def test_a_cache_server_that_fails_to_start_is_one_line_and_the_build_goes_on(
     )
     assert "Unable to locate credentials" in line
     assert "unset BAZEL_CACHE_S3_BUCKET" in line
+
+
+def test_only_build_commands_load_the_metrics_recorder(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("BUILD_METRICS", raising=False)
+    for name in [m for m in sys.modules if m.startswith("tools.metrics")]:
+        monkeypatch.delitem(sys.modules, name)
+    for argv in (["info"], ["query", "//..."], ["shutdown"], ["--version"]):
+        assert launcher.metrics_recording(argv) is None
+    assert "tools.metrics.record" not in sys.modules, "info/query stay fast"
+    recording = launcher.metrics_recording(["test", "//tools/..."])
+    assert recording.bazel_args[:2] == [
+        "test",
+        f"--build_event_json_file={recording.events}",
+    ]

@@ -15,7 +15,13 @@ from pathlib import Path
 
 from tools.push.options import ENV_REGISTRY, UsageError, parse_args
 from tools.push.pusher import Pusher, Result
-from tools.push.report import human_bytes, print_table, shown_path, write_references
+from tools.push.report import (
+    human_bytes,
+    print_table,
+    shown_path,
+    write_metrics,
+    write_references,
+)
 from tools.push.targets import (
     Target,
     git_commit,
@@ -219,6 +225,7 @@ def _run(argv: list[str], out, err) -> tuple[int, list[Result]]:
         if output:
             write_references(output, registry, results)
             print(f"references: {shown_path(output)}", file=out)
+        write_metrics(registry.name, results, time.monotonic() - started)
     return (1 if failed else 0), results
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 from pathlib import Path
 
 from tools.push.pusher import Result
@@ -113,3 +115,40 @@ def shown_path(path: Path) -> Path:
         except (OSError, ValueError):
             pass
     return path
+
+
+# Set by tools/bazel: where write_metrics puts this push's numbers.
+METRICS_FILE_VARIABLE = "BUILD_METRICS_PUSH_FILE"
+
+
+def write_metrics(registry_name: str, results: list[Result], seconds: float) -> None:
+    """The push's numbers for the build history, where tools/bazel asks for them
+    (tools/metrics/record.py reads the file when `bazel run` ends)."""
+    path = os.environ.get(METRICS_FILE_VARIABLE)
+    if not path:
+        return
+    images = [
+        {
+            "name": r.name,
+            "repository": r.repository,
+            "uploaded": r.uploaded,
+            "mounted": r.mounted,
+            "skipped": r.skipped,
+            "seconds": r.seconds,
+            "error": r.error,
+        }
+        for r in results
+    ]
+    record = {
+        "pushed_at": time.time(),
+        "registry": registry_name,
+        "seconds": seconds,
+        "images": images,
+    }
+    try:
+        Path(path).write_text(json.dumps(record) + "\n")
+    except OSError as error:  # the push itself succeeded; only its metrics are lost
+        print(
+            f"note: push metrics not recorded: {path}: {error.strerror}",
+            file=sys.stderr,
+        )
