@@ -26,6 +26,7 @@ disk tier, warm S3) executed none, its results coming from S3.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -291,7 +292,7 @@ def check_run(
     if url is None:
         raise CheckFailed(f"the {name} run did not leave its S3 cache server running")
     cache = e2e.wait_for_uploads(url)["totals"]
-    ensure_server.stop_server(config)
+    ensure_server.stop_server(config)  # the next run must get everything from S3
     say(
         f"{name} run: {len(passed)} tests passed, {executed} actions executed, {cache_hits} "
         f"remote cache hits, {len(digests)} images pushed and verified; cache server {cache}"
@@ -328,7 +329,13 @@ def check(workdir: Path, overrides: dict[str, str]) -> None:
         for name, source in sources.items():
             env = codebuild_environment(state, workdir, name, commits[name], overrides)
             say(f"{name} run in {source} (commit {commits[name][:12]})")
-            results[name] = check_run(name, state, source, commits[name], env, workdir)
+            try:
+                results[name] = check_run(
+                    name, state, source, commits[name], env, workdir
+                )
+            finally:  # the launcher leaves the cache server running; a failed run too
+                with contextlib.suppress(ensure_server.CacheServerError):
+                    ensure_server.stop_server(ensure_server.load_config(env))
     if provisioned_environments() != environments:
         raise CheckFailed(
             f"build environments before {environments}, after {provisioned_environments()}"
