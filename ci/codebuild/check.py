@@ -316,7 +316,7 @@ def check_repository_cache(buildspec: dict) -> None:
         )
 
 
-def check(workdir: Path, overrides: dict[str, str]) -> None:
+def check(workdir: Path, overrides: dict[str, str], keep: bool) -> None:
     environments = provisioned_environments()
     if not environments:
         raise CheckFailed("no build environment yet: run tools/bazel once first")
@@ -336,6 +336,9 @@ def check(workdir: Path, overrides: dict[str, str]) -> None:
             finally:  # the launcher leaves the cache server running; a failed run too
                 with contextlib.suppress(ensure_server.CacheServerError):
                     ensure_server.stop_server(ensure_server.load_config(env))
+                if not keep:  # an output base is a few GB: one at a time
+                    e2e.expunge(source)
+                    shutil.rmtree(source, ignore_errors=True)
     if provisioned_environments() != environments:
         raise CheckFailed(
             f"build environments before {environments}, after {provisioned_environments()}"
@@ -367,13 +370,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tests", default=DEFAULT_TESTS, help="TEST_TARGETS")
     parser.add_argument("--images", default=DEFAULT_IMAGES, help="IMAGE_TARGETS")
     parser.add_argument("--workdir", type=Path, help="default: a new temporary dir")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the work directory and output bases"
+    )
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="buildspec-check-"))
     workdir.mkdir(parents=True, exist_ok=True)
     say(f"work directory {workdir}")
     try:
-        check(workdir, {"TEST_TARGETS": args.tests, "IMAGE_TARGETS": args.images})
+        check(
+            workdir,
+            {"TEST_TARGETS": args.tests, "IMAGE_TARGETS": args.images},
+            args.keep,
+        )
         return 0
     except (CheckFailed, ensure_server.CacheServerError) as error:
         say(f"FAIL: {error}")
