@@ -208,10 +208,14 @@ def _start(config: CacheConfig, directory: Path, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            # Its log last: the last line of the message is where a crash says what went wrong
+            # (tools/bazel shows it), and a server that died before logging has none.
+            logged = (
+                f"\nand of {log_path}:\n{_tail(log_path)}" if log_path.exists() else ""
+            )
             raise CacheServerError(
                 f"the cache server exited with status {process.returncode}; "
-                f"the end of {output_path}:\n{_tail(output_path)}\n"
-                f"and of {log_path}:\n{_tail(log_path)}"
+                f"the end of {output_path}:\n{_tail(output_path)}{logged}"
             )
         if port_file.exists():
             url = f"http://127.0.0.1:{int(port_file.read_text())}"
