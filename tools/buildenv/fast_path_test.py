@@ -79,10 +79,23 @@ def setup(tmp_path, monkeypatch):
 
 def test_valid_fast_path_runs_bazel_directly_in_the_working_directory(setup):
     workspace, _, _, run = setup
-    assert run("build", "//...") == (
-        f"fast: {workspace} --output_user_root=/x y --bazelrc=/rc build //..."
+    assert run("info", "server_pid") == (
+        f"fast: {workspace} --output_user_root=/x y --bazelrc=/rc info server_pid"
     )
-    assert run("info", cwd=workspace / "pkg").startswith(f"fast: {workspace}/pkg ")
+    assert run("query", "//...", cwd=workspace / "pkg").startswith(
+        f"fast: {workspace}/pkg "
+    )
+
+
+def test_builds_take_the_fast_path_only_when_metrics_are_off(setup):
+    workspace, _, _, run = setup
+    for command in ("build", "test", "run", "coverage"):
+        assert run(command, "//...").startswith("slow: "), (
+            f"{command}: the launcher records its build metrics"
+        )
+        assert run(command, "//...", env={"BUILD_METRICS": "0"}) == (
+            f"fast: {workspace} --output_user_root=/x y --bazelrc=/rc {command} //..."
+        )
 
 
 @pytest.mark.parametrize(
