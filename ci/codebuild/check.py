@@ -155,7 +155,15 @@ def codebuild_environment(
             "stand-in value for them"
         )
     env = dict(os.environ)  # after e2e.isolate_from_user_settings: moto's credentials
-    env.update(state["buildspec"]["variables"])  # lowest precedence, as in CodeBuild
+    # Lowest precedence, as in CodeBuild. XDG_CACHE_HOME stays this user's: the build
+    # environment provisioned here is reused (check_repository_cache maps the CI path).
+    env.update(
+        {
+            k: v
+            for k, v in state["buildspec"]["variables"].items()
+            if k != "XDG_CACHE_HOME"
+        }
+    )
     env.update({k: project_values[k] for k in state["template"]["project_variables"]})
     env.update(overrides)  # start-build overrides
     # The one change to the buildspec's own push: moto has ECR's API but not its registry API.
@@ -301,12 +309,13 @@ def check_run(
 
 
 def check_repository_cache(buildspec: dict) -> None:
-    """The buildspec caches the launcher's repository cache (CodeBuild runs as root: /root is
-    its home; here it is this user's)."""
+    """The buildspec caches the launcher's repository cache: under the buildspec's
+    XDG_CACHE_HOME in CodeBuild, under this user's cache directory here."""
     expected = launcher.cache_root() / "repository-cache"
-    home = os.path.expanduser("~")
+    ci_cache = buildspec["variables"]["XDG_CACHE_HOME"].rstrip("/")
     paths = [
-        Path(home + p.removeprefix("/root").removesuffix("/**/*"))
+        launcher.cache_root().parent
+        / p.removeprefix(ci_cache + "/").removesuffix("/**/*")
         for p in buildspec["cache_paths"]
     ]
     if expected not in paths or not any(expected.iterdir()):
