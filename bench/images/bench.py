@@ -100,14 +100,16 @@ def timed_build(workspace: Path, flags: list[str]) -> tuple[float, str]:
 
 def direct_bazel_command(workspace: Path) -> list[str]:
     """The Bazel client in the running server's namespace, without tools/bazel: what its fast
-    path finally execs (tools/buildenv/launcher.py write_fast_path)."""
+    path finally execs (tools/buildenv/fast_path.py)."""
     sys.path.insert(0, str(workspace / "tools" / "buildenv"))
+    import fast_path
     import launcher
 
-    launcher.WORKSPACE = workspace
     values = dict(
         line.split("=", 1)
-        for line in launcher.fast_path_file().read_text().splitlines()
+        for line in fast_path.location(launcher.cache_root(), workspace)
+        .read_text()
+        .splitlines()
     )
     values = {
         name: shlex.split(value)[0] if value else "" for name, value in values.items()

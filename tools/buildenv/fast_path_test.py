@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import fast_path
 import launcher
 import pytest
 
@@ -21,7 +22,7 @@ ENTRY = Path(launcher.__file__).resolve().parent.parent / "bazel"
 @pytest.fixture
 def setup(tmp_path, monkeypatch):
     workspace = tmp_path / "workspace"
-    for name in launcher.FAST_PATH_STAMP_FILES:
+    for name in fast_path.STAMP_FILES:
         source = ENTRY.parent.parent / name
         (workspace / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(source, workspace / name)

@@ -26,6 +26,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import fast_path
+
 HERE = Path(__file__).resolve().parent
 WORKSPACE = HERE.parent.parent
 RECIPE_FILES = [HERE / "packages.txt", HERE / "apt-preferences"]
@@ -51,14 +53,6 @@ DROPPED_VARIABLES = (
 # Set for tools/bazel commands that must not use the S3 remote cache (the one that starts it).
 NO_REMOTE_CACHE_VARIABLE = "BUILDENV_NO_REMOTE_CACHE"
 CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# Work tree files that decide what tools/bazel runs; its fast path is valid while they are unchanged.
-FAST_PATH_STAMP_FILES = (
-    ".bazelversion",
-    "tools/bazel",
-    "tools/buildenv/launcher.py",
-    "tools/buildenv/packages.txt",
-    "tools/buildenv/apt-preferences",
-)
 # Commands whose build metrics tools/metrics records (see metrics_recording).
 RECORDED_COMMANDS = {"build", "test", "run", "coverage"}
 
@@ -161,44 +155,17 @@ def namespace_flags() -> list[str]:
     return ["--user", "--mount", "--preserve-credentials"]
 
 
-def fast_path_file() -> Path:
-    """Where tools/bazel looks for its fast path: keyed like Bazel's output base."""
-    return cache_root() / "fast-path" / hashlib.md5(str(WORKSPACE).encode()).hexdigest()
-
-
-def fast_path_stamp() -> str:
-    """md5 of the files whose change must send tools/bazel through this launcher again (tools/bazel
-    computes the same with `cat FILES | md5sum`)."""
-    digest = hashlib.md5()
-    for name in FAST_PATH_STAMP_FILES:
-        path = WORKSPACE / name
-        if path.exists():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 def write_fast_path(root: Path, base: Path, startup: list[str]) -> None:
-    """Leaves tools/bazel what it needs to run Bazel without this launcher next time.
-
-    The file is sh variable assignments that tools/bazel sources; it checks the stamp, the
-    user's ~/.bazelrc and that the server of `base` runs in `root` before it trusts them.
-    """
-    values = {
-        "fast_stamp_files": " ".join(FAST_PATH_STAMP_FILES),
-        "fast_stamp": fast_path_stamp(),
-        "fast_user_rc": "yes" if (Path.home() / ".bazelrc").exists() else "no",
-        "fast_server_pid_file": str(base / "server" / "server.pid.txt"),
-        "fast_root": str(root),
-        "fast_namespace": " ".join(namespace_flags()),
-        "fast_path": CHROOT_PATH,
-        "fast_startup": " ".join(shlex.quote(arg) for arg in startup),
-    }
-    text = "".join(f"{name}={shlex.quote(value)}\n" for name, value in values.items())
-    target = fast_path_file()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_suffix(f".tmp{os.getpid()}")
-    temporary.write_text(text)
-    temporary.replace(target)
+    """Leaves tools/bazel what it needs to run Bazel without this launcher next time."""
+    fast_path.write(
+        fast_path.location(cache_root(), WORKSPACE),
+        workspace=WORKSPACE,
+        root=root,
+        base=base,
+        startup=startup,
+        namespace=namespace_flags(),
+        path=CHROOT_PATH,
+    )
 
 
 def ensure_mmdebstrap() -> str:
