@@ -36,7 +36,9 @@ class Aws:
     queue_url: str
 
     def client(self, service: str) -> Any:
-        return boto3.client(
+        # A session per client: boto3's shared default session is not thread-safe, and the
+        # concurrency tests make clients from several threads.
+        return boto3.session.Session().client(
             service,
             endpoint_url=self.endpoint_url,
             region_name=REGION,

@@ -46,4 +46,8 @@ if __name__ == "__main__":
     # Bazel collects XML reports from here; pytest's per-test results then show in the test log.
     if "XML_OUTPUT_FILE" in os.environ:
         args.append("--junitxml=" + os.environ["XML_OUTPUT_FILE"])
+    # Each test run's own directory: in the shared /tmp/pytest-of-USER, parallel runs
+    # (--runs_per_test, --jobs) prune each other's numbered directories, and it never shrinks.
+    if "TEST_TMPDIR" in os.environ:
+        args.append("--basetemp=" + os.path.join(os.environ["TEST_TMPDIR"], "pytest"))
     sys.exit(pytest.main(args, plugins=plugins()))
