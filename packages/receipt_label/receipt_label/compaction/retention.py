@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -151,6 +152,7 @@ def collect_garbage(
     result = RetentionResult()
     if current.stamp is None:
         return result
+    started = time.monotonic()
     cutoff = now - policy.grace_seconds
     snapshots = _directories(
         s3, bucket, snapshots_root(collection), "snapshot", SNAPSHOT_MANIFEST
@@ -172,6 +174,7 @@ def collect_garbage(
         for name, m in manifests.items()
     }
     chain = _chain(current.stamp, manifests)
+    on_chain = set(chain)
     # (since when deletable, directory): the longest deletable go first.
     doomed: list[tuple[float, _Directory]] = [
         (made[chain[k - 2]], snapshots[stamp])
@@ -179,7 +182,7 @@ def collect_garbage(
         if k >= policy.keep_snapshots and made[chain[k - 2]] <= cutoff
     ]
     for name, directory in snapshots.items():
-        if name in chain:
+        if name in on_chain:
             continue
         if directory.manifest_key is None:
             if directory.newest <= cutoff:
@@ -211,6 +214,7 @@ def collect_garbage(
             "retention",
             collection=collection,
             snapshot=current.stamp,
+            duration_ms=round((time.monotonic() - started) * 1000),
             **result.to_json(),
         )
     return result
