@@ -124,7 +124,7 @@ def test_many_rounds_stay_within_retention_and_the_latest_snapshot_has_every_lin
     clock = Clock()
     compactor = _compactor(aws, clock)
     written: list[VectorRecord] = []
-    for round_number in range(1, 11):
+    for round_number in range(1, 9):
         written += _write(aws, f"d{round_number:02d}")
         result = compactor.compact(COLLECTION)
         assert result.action == "compacted", result.to_json()
@@ -282,4 +282,52 @@ def test_retention_stops_when_a_newer_compaction_has_moved_the_pointer(aws, tmp_
     (newer,) = newer_results
     assert newer.action == "compacted" and newer.applied_now == ["d05"]
     assert newer.retention.deleted_snapshots
+    _assert_latest_snapshot_answers(aws, tmp_path, written)
+
+
+def test_each_compaction_deletes_at_most_max_deletes_objects_and_the_next_goes_on(
+    aws, tmp_path
+):
+    clock = Clock(offset=-10 * HOUR)
+    written: list[VectorRecord] = []
+    history = _compactor(aws, clock, owner="history")
+    for name in ("d01", "d02", "d03", "d04", "d05"):
+        written += _write(aws, name)
+        history.compact(COLLECTION)
+        clock.advance(STEP)
+    # Hours later (S3's own timestamps old too): all but the last two snapshots may go.
+    clock.offset = 3 * HOUR
+    doomed_prefixes = [
+        f"{COLLECTION}/snapshot/timestamped/history-0002/",
+        f"{COLLECTION}/snapshot/timestamped/history-0003/",
+        f"{COLLECTION}/delta/d04/",
+        f"{COLLECTION}/delta/d05/",
+    ]
+    doomed = sum(len(aws.s3_keys(aws.chromadb_bucket, p)) for p in doomed_prefixes)
+    budget = 7
+    limited = Compactor(
+        aws.s3,
+        aws.chromadb_bucket,
+        ReceiptDynamoClient(aws.table_name, aws.dynamodb),
+        retention=RetentionPolicy(
+            keep_snapshots=2, grace_seconds=2 * HOUR, max_deletes=budget
+        ),
+        clock=clock,
+    )
+
+    runs = []
+    while not runs or runs[-1].stopped:
+        assert len(runs) < doomed, "retention did not finish"
+        runs.append(limited.compact(COLLECTION).retention)
+        if len(runs) == 1:
+            # Manifests go first: the half-deleted snapshot is incomplete, not corrupt.
+            left = aws.s3_keys(aws.chromadb_bucket, doomed_prefixes[0])
+            assert left and not any(k.endswith("/_snapshot.json") for k in left)
+
+    assert [r.deleted_objects for r in runs] == [budget] * (doomed // budget) + (
+        [doomed % budget] if doomed % budget else []
+    )
+    assert all("max_deletes" in r.stopped for r in runs[:-1])
+    assert _stored(aws, "snapshot") == {"history-0004", "history-0005"}
+    assert _stored(aws, "delta") == set()
     _assert_latest_snapshot_answers(aws, tmp_path, written)

@@ -248,12 +248,12 @@ def _delete(
     budget = policy.max_deletes
     chosen: list[tuple[_Directory, list[str]]] = []
     for _, directory in sorted(doomed, key=lambda d: (d[0], d[1].kind, d[1].name)):
-        if budget == 0:
+        keys = directory.keys_manifest_first()
+        if len(keys) > budget:
             result.stopped = f"reached max_deletes ({policy.max_deletes}); the next compaction goes on"
-            break
-        keys = directory.keys_manifest_first()[:budget]
-        budget -= len(keys)
-        chosen.append((directory, keys))
+        if budget > 0:
+            chosen.append((directory, keys[:budget]))
+            budget -= len(chosen[-1][1])
     manifests = [keys[0] for d, keys in chosen if d.manifest_key is not None]
     others = [key for d, keys in chosen for key in keys if key != d.manifest_key]
     batches = [
