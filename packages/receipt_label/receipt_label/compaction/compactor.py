@@ -220,9 +220,8 @@ class Compactor:
                 policy=self.retention,
                 now=self._clock(),
             )
-        except (
-            Exception
-        ) as error:  # The snapshot is published; retention retries next run.
+        # The snapshot is published whatever happens here; the next compaction retries.
+        except Exception as error:
             logger.exception(
                 "retention failed",
                 extra={"fields": {"collection": result.collection}},
