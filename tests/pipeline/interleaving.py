@@ -99,3 +99,24 @@ class CallsBeforePut:
             self.called = True
             self._before()
         return self._s3.put_object(**kwargs)
+
+
+class CallsBeforeFirst:
+    """Passes every call to `s3`, but runs `before()` ahead of the first call of `method`."""
+
+    def __init__(self, s3: Any, method: str, before: Callable[[], None]):
+        self._s3, self._method, self._before = s3, method, before
+        self.called = False
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._s3, name)
+        if name != self._method:
+            return method
+
+        def hooked(**kwargs: Any) -> Any:
+            if not self.called:
+                self.called = True
+                self._before()
+            return method(**kwargs)
+
+        return hooked

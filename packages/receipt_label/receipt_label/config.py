@@ -29,6 +29,11 @@ class Config:
     compaction_lock_ttl_seconds: float = 300.0
     # Longer than a Lambda can run (15 min), so a claim expires only once its submitter is gone.
     submit_claim_lease_seconds: float = 1200.0
+    # Retention of ChromaDB snapshots and deltas (receipt_label.compaction.retention).
+    compaction_keep_snapshots: int = 3
+    # At least as long as a Lambda can run, so no reader or writer of an object is still at it.
+    compaction_retention_seconds: float = 3600.0
+    compaction_max_deletes: int = 1000
 
 
 def load_config(
@@ -64,6 +69,9 @@ def load_config(
             f"COMPACTION_LOCK_TTL_SECONDS must be a number of seconds from 1 to 900; got {ttl_text!r}"
         )
     lease = _seconds(environ, "SUBMIT_CLAIM_LEASE_SECONDS", "1200", 1, 86400)
+    keep = _count(environ, "COMPACTION_KEEP_SNAPSHOTS", 3, 2, 1000)
+    grace = _seconds(environ, "COMPACTION_RETENTION_SECONDS", "3600", 900, 31622400)
+    max_deletes = _count(environ, "COMPACTION_MAX_DELETES", 1000, 1, 100000)
     return Config(
         dynamodb_table_name=environ.get("DYNAMODB_TABLE_NAME", "").strip(),
         chromadb_bucket=environ.get("CHROMADB_BUCKET", "").strip(),
@@ -74,6 +82,9 @@ def load_config(
         aws_endpoint_url=environ.get("AWS_ENDPOINT_URL", "").strip() or None,
         compaction_lock_ttl_seconds=ttl,
         submit_claim_lease_seconds=lease,
+        compaction_keep_snapshots=keep,
+        compaction_retention_seconds=grace,
+        compaction_max_deletes=max_deletes,
     )
 
 
@@ -88,5 +99,20 @@ def _seconds(
     if not low <= value <= high:
         raise ConfigError(
             f"{name} must be a number of seconds from {low:g} to {high:g}; got {text!r}"
+        )
+    return value
+
+
+def _count(
+    environ: Mapping[str, str], name: str, default: int, low: int, high: int
+) -> int:
+    text = environ.get(name, "").strip() or str(default)
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise ConfigError(
+            f"{name} must be a whole number from {low} to {high}; got {text!r}"
         )
     return value

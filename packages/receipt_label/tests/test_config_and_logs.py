@@ -25,6 +25,9 @@ def test_config_reads_every_setting_and_hides_the_key_from_repr():
             "OPENAI_BASE_URL": "http://127.0.0.1:1/v1",
             "COMPACTION_LOCK_TTL_SECONDS": "30",
             "SUBMIT_CLAIM_LEASE_SECONDS": "45",
+            "COMPACTION_KEEP_SNAPSHOTS": "5",
+            "COMPACTION_RETENTION_SECONDS": "7200",
+            "COMPACTION_MAX_DELETES": "50",
         },
     )
     assert (
@@ -32,13 +35,17 @@ def test_config_reads_every_setting_and_hides_the_key_from_repr():
         config.openai_base_url,
         config.compaction_lock_ttl_seconds,
         config.submit_claim_lease_seconds,
-    ) == (
-        "receipts",
-        "http://127.0.0.1:1/v1",
-        30.0,
-        45.0,
-    )
-    assert load_config(FULL, FULL).submit_claim_lease_seconds == 1200.0
+        config.compaction_keep_snapshots,
+        config.compaction_retention_seconds,
+        config.compaction_max_deletes,
+    ) == ("receipts", "http://127.0.0.1:1/v1", 30.0, 45.0, 5, 7200.0, 50)
+    defaults = load_config(FULL, FULL)
+    assert (
+        defaults.submit_claim_lease_seconds,
+        defaults.compaction_keep_snapshots,
+        defaults.compaction_retention_seconds,
+        defaults.compaction_max_deletes,
+    ) == (1200.0, 3, 3600.0, 1000)
     assert "sk-secret" not in repr(config)
 
 
@@ -71,6 +78,15 @@ def test_one_error_names_every_missing_variable():
             {"SUBMIT_CLAIM_LEASE_SECONDS": "soon"},
             "SUBMIT_CLAIM_LEASE_SECONDS must be a number of seconds from 1 to 86400; got 'soon'",
         ),
+        (
+            {"COMPACTION_KEEP_SNAPSHOTS": "1"},
+            "COMPACTION_KEEP_SNAPSHOTS must be a whole number from 2 to 1000; got '1'",
+        ),
+        (
+            {"COMPACTION_RETENTION_SECONDS": "60"},
+            "COMPACTION_RETENTION_SECONDS must be a number of seconds from 900 to",
+        ),
+        ({"COMPACTION_MAX_DELETES": "lots"}, "COMPACTION_MAX_DELETES must be a whole"),
         (
             {"DYNAMODB_TABLE_NAME": "   "},
             "missing required environment variable: DYNAMODB_TABLE_NAME",

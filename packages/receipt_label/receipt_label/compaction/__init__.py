@@ -1,7 +1,8 @@
 """Deltas and snapshots of the embedding collections in S3, and merging deltas into snapshots.
 
 One module per job: `layout` (keys), `deltas` (writing, listing, quarantine), `snapshots`,
-`pointer` (the conditional latest-pointer), `lock` (the lease heartbeat) and `compactor`.
+`pointer` (the conditional latest-pointer), `lock` (the lease heartbeat), `compactor` and
+`retention` (deleting old snapshots and applied deltas).
 """
 
 from receipt_label.compaction.compactor import (
@@ -35,6 +36,11 @@ from receipt_label.compaction.pointer import (
     read_pointer,
     read_pointer_version,
 )
+from receipt_label.compaction.retention import (
+    RetentionPolicy,
+    RetentionResult,
+    collect_garbage,
+)
 from receipt_label.compaction.snapshots import current_snapshot, download_snapshot
 
 __all__ = [
@@ -48,8 +54,11 @@ __all__ = [
     "LockLost",
     "Pointer",
     "PointerMoved",
+    "RetentionPolicy",
+    "RetentionResult",
     "UnreadableDelta",
     "attempt_delta_id",
+    "collect_garbage",
     "current_snapshot",
     "delta_prefix",
     "download_snapshot",

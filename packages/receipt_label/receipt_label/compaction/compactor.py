@@ -7,7 +7,8 @@ run started from (a conditional write), so it always names a complete snapshot t
 everything earlier snapshots did, and a crash at any point leaves the previous one current.
 Before giving the lock up, a run lists the deltas again and merges those that arrived while it
 worked (at most MAX_ROUNDS times), so a delta whose message was turned away as "busy" is not
-left waiting for an unrelated trigger.
+left waiting for an unrelated trigger. Then, still under the lock, retention deletes old
+snapshots and applied deltas (`retention`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ from receipt_label.compaction.pointer import (
     move_pointer,
     read_pointer_version,
 )
+from receipt_label.compaction.retention import (
+    RetentionPolicy,
+    RetentionResult,
+    collect_garbage,
+)
 from receipt_label.compaction.snapshots import snapshot_manifest
 from receipt_label.logs import get_logger, log
 
@@ -70,6 +76,7 @@ class CompactionResult:
     quarantined_now: dict[str, str] = field(default_factory=dict)  # id -> reason
     quarantined: set[str] = field(default_factory=set)  # now or by an earlier run
     detail: str | None = None
+    retention: RetentionResult | None = None
 
     def to_json(self) -> dict[str, Any]:
         result = {
@@ -85,6 +92,8 @@ class CompactionResult:
         }
         if self.detail is not None:
             result["detail"] = self.detail
+        if self.retention is not None:
+            result["retention"] = self.retention.to_json()
         return result
 
 
@@ -102,11 +111,15 @@ class Compactor:
         lock_ttl_seconds: float = 300.0,
         owner: str | None = None,
         stamp: Callable[[], str] | None = None,
+        retention: RetentionPolicy | None = None,
+        clock: Callable[[], float] = time.time,
     ):
         self.s3, self.bucket, self.dynamo = s3, bucket, dynamo
         self.lock_ttl_seconds = lock_ttl_seconds
         self.owner = owner or f"compactor-{uuid.uuid4()}"
         self._stamp = stamp or _default_stamp
+        self.retention = retention or RetentionPolicy()
+        self._clock = clock
 
     def compact(self, collection: str) -> CompactionResult:
         check_collection(collection)
@@ -123,7 +136,9 @@ class Compactor:
             with Heartbeat(
                 self.dynamo, collection, self.owner, self.lock_ttl_seconds
             ) as heartbeat:
-                return self._compact_locked(collection, heartbeat)
+                result, pointer = self._compact_locked(collection, heartbeat)
+                result.retention = self._collect_garbage(result, pointer, heartbeat)
+                return result
         except LockLost as lost:
             log(
                 logger,
@@ -139,7 +154,8 @@ class Compactor:
 
     def _compact_locked(
         self, collection: str, heartbeat: Heartbeat
-    ) -> CompactionResult:
+    ) -> tuple[CompactionResult, Pointer]:
+        """The result, and the pointer as this run last read or wrote it."""
         pointer = read_pointer_version(self.s3, self.bucket, collection)
         manifest = snapshot_manifest(self.s3, self.bucket, collection, pointer.stamp)
         result = CompactionResult(
@@ -162,7 +178,7 @@ class Compactor:
                 for delta_id, reason in listing.unreadable.items():
                     self._quarantine(result, delta_id, reason)
                 if not listing.complete:
-                    return result
+                    return result, pointer
                 if not database.exists():
                     database.mkdir()
                     if pointer.stamp is not None:
@@ -187,7 +203,30 @@ class Compactor:
                 collection=collection,
                 rounds=MAX_ROUNDS,
             )
-            return result
+            return result, pointer
+
+    def _collect_garbage(
+        self, result: CompactionResult, pointer: Pointer, heartbeat: Heartbeat
+    ) -> RetentionResult:
+        """Retention after the merge; its failure is logged and reported, and the merge stands."""
+        try:
+            return collect_garbage(
+                self.s3,
+                self.bucket,
+                result.collection,
+                pointer,
+                lock_held=heartbeat.still_held,
+                quarantined=result.quarantined,
+                policy=self.retention,
+                now=self._clock(),
+            )
+        # The snapshot is published whatever happens here; the next compaction retries.
+        except Exception as error:
+            logger.exception(
+                "retention failed",
+                extra={"fields": {"collection": result.collection}},
+            )
+            return RetentionResult(stopped=f"failed: {error}")
 
     def _merge(
         self, database: Path, workdir: Path, result: CompactionResult, deltas: list
@@ -240,6 +279,7 @@ class Compactor:
                 "parent": pointer.stamp,
                 "applied_deltas": sorted(applied),
                 "vector_count": vector_count,
+                "created_at": self._clock(),
             },
         )
         # The lease check keeps a run that knows it lost from writing at all; the conditional

@@ -31,6 +31,7 @@ from receipt_label.compaction.layout import (
     DELTA_MANIFEST,
     check_collection,
     delta_prefix,
+    deltas_root,
     quarantine_key,
     quarantine_prefix,
 )
@@ -90,7 +91,7 @@ def list_deltas(s3: Any, bucket: str, collection: str, skip: set[str]) -> DeltaL
     """Complete deltas not in `skip`, and those whose manifest cannot be used."""
     listing = DeltaListing()
     pages = s3.get_paginator("list_objects_v2").paginate(
-        Bucket=bucket, Prefix=f"{collection}/delta/", Delimiter="/"
+        Bucket=bucket, Prefix=deltas_root(collection), Delimiter="/"
     )
     for page in pages:
         for common in page.get("CommonPrefixes", []):

@@ -28,12 +28,20 @@ def check_collection(collection: str) -> None:
         )
 
 
+def deltas_root(collection: str) -> str:
+    return f"{collection}/delta/"
+
+
 def delta_prefix(collection: str, delta_id: str) -> str:
-    return f"{collection}/delta/{delta_id}/"
+    return f"{deltas_root(collection)}{delta_id}/"
+
+
+def snapshots_root(collection: str) -> str:
+    return f"{collection}/snapshot/timestamped/"
 
 
 def snapshot_prefix(collection: str, stamp: str) -> str:
-    return f"{collection}/snapshot/timestamped/{stamp}/"
+    return f"{snapshots_root(collection)}{stamp}/"
 
 
 def pointer_key(collection: str) -> str:
@@ -50,7 +58,7 @@ def quarantine_key(collection: str, delta_id: str) -> str:
 
 def parse_delta_key(collection: str, delta_key: str) -> str:
     """The delta id in `{collection}/delta/{delta_id}/`; ValueError if the key has another shape."""
-    prefix = f"{collection}/delta/"
+    prefix = deltas_root(collection)
     delta_id = (
         delta_key.removeprefix(prefix).removesuffix("/")
         if delta_key.startswith(prefix)

@@ -7,7 +7,12 @@ import logging
 from collections import defaultdict
 from typing import Any
 
-from receipt_label.compaction import COLLECTIONS, Compactor, parse_delta_key
+from receipt_label.compaction import (
+    COLLECTIONS,
+    Compactor,
+    RetentionPolicy,
+    parse_delta_key,
+)
 from receipt_label.errors import InvalidInput, MalformedSqsEvent
 from receipt_label.logs import get_logger, log
 from receipt_label.runtime import Runtime
@@ -141,4 +146,10 @@ def _compactor(runtime: Runtime) -> Compactor:
         runtime.config.chromadb_bucket,
         runtime.dynamo,
         lock_ttl_seconds=runtime.config.compaction_lock_ttl_seconds,
+        retention=RetentionPolicy(
+            keep_snapshots=runtime.config.compaction_keep_snapshots,
+            grace_seconds=runtime.config.compaction_retention_seconds,
+            max_deletes=runtime.config.compaction_max_deletes,
+        ),
+        clock=runtime.clock,
     )
