@@ -251,7 +251,13 @@ def main() -> int:
 
         def edit_and_build(run: int) -> tuple[float, str]:
             edited.write_text(original + f"# benchmark edit {run}\n")
-            return timed_build(workspace, flags)
+            seconds, summary = timed_build(workspace, flags)
+            # Bazel learns of edits through inotify (--watchfs): an edit it missed builds nothing.
+            if not re.search(
+                r"\d+ (worker|processwrapper-sandbox|linux-sandbox|local)", summary
+            ):
+                sys.exit(f"the edit of {EDITED} rebuilt nothing: {summary}")
+            return seconds, summary
 
         rows.append(
             (
