@@ -27,6 +27,7 @@ START_TIMEOUT = (
     300  # seconds; PostgreSQL's first initdb and BuildGrid's start take about 10
 )
 STOP_TIMEOUT = 90
+PASSED_VARIABLE_PREFIXES = ("BUILDGRID_", "AWS_")
 CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -77,9 +78,20 @@ def processes_in(root: str) -> list[int]:
     return found
 
 
+def cluster_environment() -> dict[str, str]:
+    """The cluster's environment: nothing of the host's (its PIP_*, SSL_* ... name host files)
+    but the BUILDGRID_* and AWS_* variables a BuildGrid configuration may read (!expand-vars)."""
+    passed = {
+        name: value
+        for name, value in os.environ.items()
+        if name.startswith(PASSED_VARIABLE_PREFIXES)
+    }
+    return {"PATH": CHROOT_PATH, "LANG": "C.UTF-8", "HOME": "/root", **passed}
+
+
 def start_script(root: Path, directory: Path, command: list[str]) -> str:
     """Shell commands for the cluster's mount namespace: /proc, /dev, /sys, the state directory at
-    its own path, a private /tmp, then the supervisor in a chroot with a cleared environment."""
+    its own path, a private /tmp, then the supervisor in a chroot."""
     quoted_root = shlex.quote(str(root))
     lines = ["set -e"]
     for source in ("/proc", "/dev", "/sys"):
@@ -103,9 +115,8 @@ def start_script(root: Path, directory: Path, command: list[str]) -> str:
     for path in ("/etc/resolv.conf", "/etc/hosts"):
         if os.path.exists(path):
             lines.append(f"mount --bind {path} {quoted_root}{path}")
-    environment = f"PATH={CHROOT_PATH} LANG=C.UTF-8 HOME=/root"
     lines.append(
-        f"exec chroot {quoted_root} env -i {environment} {' '.join(shlex.quote(a) for a in command)}"
+        f"exec chroot {quoted_root} {' '.join(shlex.quote(a) for a in command)}"
     )
     return "\n".join(lines)
 
@@ -163,6 +174,7 @@ def up(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env=cluster_environment(),
         )
     progress(
         f"starting PostgreSQL, BuildGrid and {workers} workers (logs: {directory / 'logs'})"

@@ -130,14 +130,15 @@ def wait_until(condition, what: str, child: Child) -> None:
         time.sleep(0.2)
 
 
-def as_postgres(command: list[str]) -> list[str]:
-    return ["runuser", "-u", "postgres", "--", *command]
+# PostgreSQL refuses to run as root. Started with this user directly (not through runuser, which
+# does not pass on the signals that stop it), its pid is the postmaster's.
+AS_POSTGRES = {"user": "postgres", "group": "postgres", "extra_groups": []}
 
 
-def run(command: list[str], log_path: Path) -> None:
+def run(command: list[str], log_path: Path, **popen) -> None:
     with open(log_path, "a") as output:
         result = subprocess.run(
-            command, stdout=output, stderr=subprocess.STDOUT, check=False
+            command, stdout=output, stderr=subprocess.STDOUT, check=False, **popen
         )
     if result.returncode != 0:
         raise ClusterError(
@@ -168,32 +169,30 @@ class Cluster:
                 subprocess.run(["rm", "-rf", str(leftover)], check=True)
             # Reachable only through the socket in RUN_DIR, inside this environment: trust will do.
             run(
-                as_postgres(
-                    [
-                        str(POSTGRES_BIN / "initdb"),
-                        "-D",
-                        str(self.data),
-                        "--auth=trust",
-                        "-U",
-                        "postgres",
-                    ]
-                ),
+                [
+                    str(POSTGRES_BIN / "initdb"),
+                    "-D",
+                    str(self.data),
+                    "--auth=trust",
+                    "-U",
+                    "postgres",
+                ],
                 self.logs / "postgres.log",
+                **AS_POSTGRES,
             )
         self.postgres = Child(
             "postgres",
-            as_postgres(
-                [
-                    str(POSTGRES_BIN / "postgres"),
-                    "-D",
-                    str(self.data),
-                    "-k",
-                    str(self.run_dir),
-                    "-c",
-                    "listen_addresses=",
-                ]
-            ),
+            [
+                str(POSTGRES_BIN / "postgres"),
+                "-D",
+                str(self.data),
+                "-k",
+                str(self.run_dir),
+                "-c",
+                "listen_addresses=",
+            ],
             self.logs,
+            **AS_POSTGRES,
         )
         self.postgres.start()
         ready = [str(POSTGRES_BIN / "pg_isready"), "-q", "-h", str(self.run_dir)]
