@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -178,8 +179,19 @@ def s3_cache(scratch: Path) -> None:
     then build the images with every action result from S3's action cache: 0 executed."""
     targets = ["//handlers/..."]
     with e2e.Services(scratch) as services:
+        # The action cache needs a bucket of its own (see buildgrid-s3.yml); moto makes one on
+        # an unsigned PUT.
+        action_cache_bucket = "buildgrid-action-cache"
+        urllib.request.urlopen(
+            urllib.request.Request(
+                f"{services.endpoint_url}/{action_cache_bucket}", method="PUT"
+            ),
+            timeout=60,
+        ).close()
         os.environ.update(
-            BUILDGRID_S3_ENDPOINT=services.endpoint_url, BUILDGRID_S3_BUCKET=e2e.BUCKET
+            BUILDGRID_S3_ENDPOINT=services.endpoint_url,
+            BUILDGRID_S3_BUCKET=e2e.BUCKET,
+            BUILDGRID_S3_ACTION_CACHE_BUCKET=action_cache_bucket,
         )
         config = REPO / "tools" / "buildenv" / "cluster" / "buildgrid-s3.yml"
         for attempt, check in (("cold", "executed"), ("warm", "cached")):
@@ -194,7 +206,11 @@ def s3_cache(scratch: Path) -> None:
             e2e.run_bazel(REPO, [*startup, "shutdown"], scratch / "shutdown.log")
             tools_bazel("remote", "down")
             if run.exit_code != 0:
-                raise CheckFailed(f"the {attempt} build failed:\n{run.tail()}")
+                errors = [line for line in run.output.splitlines() if "ERROR" in line]
+                raise CheckFailed(
+                    f"the {attempt} build failed ({run.log}):\n"
+                    + "\n".join(errors[-10:])
+                )
             kinds = run.processes
             say(f"{attempt} build: {kinds}")
             if check == "executed" and not kinds.get("remote"):
