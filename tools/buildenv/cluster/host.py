@@ -6,6 +6,7 @@ in `<cache>/remote/state.json`; its logs are in `<cache>/remote/logs/`. `--confi
 sends every action to it, or to the cluster BAZEL_REMOTE names (grpc://host:port).
 """
 
+import itertools
 import json
 import os
 import platform
@@ -300,6 +301,12 @@ def status(cache_root: Path) -> int:
     return 0
 
 
+def asks_for_remote(argv: list[str]) -> bool:
+    """Whether Bazel's arguments include `--config=remote` or `--config remote`."""
+    pairs = itertools.pairwise(argv)
+    return CONFIG_FLAG in argv or ("--config", "remote") in pairs
+
+
 def bazelrc_lines(cache_root: Path, argv: list[str], buildenv: str) -> list[str]:
     """rc lines sending every action to the remote executor when `--config=remote` is given or
     BAZEL_REMOTE is set, else []."""
@@ -309,7 +316,7 @@ def bazelrc_lines(cache_root: Path, argv: list[str], buildenv: str) -> list[str]
         lines.append(
             "build --config=remote"
         )  # BAZEL_REMOTE alone asks for remote execution
-    elif CONFIG_FLAG in argv:
+    elif asks_for_remote(argv):
         state = running_state(state_dir(cache_root))
         if not state:
             raise LauncherError(

@@ -51,6 +51,13 @@ def test_config_remote_uses_the_running_cluster_and_this_environment(cache):
     assert "build --config=remote" not in lines
 
 
+def test_config_remote_is_seen_in_both_spellings(cache):
+    for argv in (["build", "--config=remote"], ["test", "--config", "remote", "//..."]):
+        with pytest.raises(LauncherError, match="needs a cluster"):
+            host.bazelrc_lines(cache, argv, "0123456789abcdef")
+    assert host.bazelrc_lines(cache, ["build", "--config", "amd64"], "x") == []
+
+
 def test_a_cluster_of_another_build_environment_is_refused(cache):
     write_state(cache, buildenv="ffffffffffffffff")
     with pytest.raises(LauncherError, match="restart it: `tools/bazel remote down"):
