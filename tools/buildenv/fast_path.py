@@ -16,6 +16,7 @@ STAMP_FILES = (
     "tools/bazel",
     "tools/buildenv/launcher.py",
     "tools/buildenv/fast_path.py",
+    "tools/buildenv/rootfs.py",
     "tools/buildenv/packages.txt",
     "tools/buildenv/apt-preferences",
 )

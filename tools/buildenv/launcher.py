@@ -13,20 +13,21 @@ Only the Python standard library is used: this runs on the host's python3 before
 exists.
 """
 
+import argparse
 import dataclasses
-import errno
-import fcntl
 import hashlib
 import os
 import shlex
 import shutil
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import fast_path
+import rootfs
+import worker_env
+from cluster import host as cluster
+from rootfs import LauncherError, progress
 
 HERE = Path(__file__).resolve().parent
 WORKSPACE = HERE.parent.parent
@@ -34,11 +35,6 @@ RECIPE_FILES = [HERE / "packages.txt", HERE / "apt-preferences"]
 # Bump when the provisioning steps below change in a way that needs a new environment.
 RECIPE_REVISION = "1"
 
-MIRROR = os.environ.get("BUILDENV_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-SUITE = "trixie"
-EXTRA_SUITE = "forky"
-NEEDED_BYTES = 3 * 1024**3
-HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
 # Set to a Bazel >= 7.1 binary to skip the build environment (needs the Bazel Central Registry).
 HOST_BAZEL_VARIABLE = "BUILDENV_HOST_BAZEL"
 # Host variables that would point the build environment at host-only files.
@@ -57,10 +53,6 @@ CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 RECORDED_COMMANDS = {"build", "test", "run", "coverage"}
 
 
-class LauncherError(Exception):
-    """A problem the user must fix; printed as one line."""
-
-
 def cache_root() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
         os.path.expanduser("~"), ".cache"
@@ -69,23 +61,11 @@ def cache_root() -> Path:
 
 
 def recipe_hash() -> str:
-    digest = hashlib.sha256(RECIPE_REVISION.encode())
-    for path in RECIPE_FILES:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    digest.update(f"{SUITE} {EXTRA_SUITE}".encode())
-    return digest.hexdigest()[:16]
+    return rootfs.recipe_hash(RECIPE_FILES, RECIPE_REVISION)
 
 
 def recipe_packages() -> list[str]:
-    lines = (
-        line.split("#", 1)[0].strip()
-        for line in (HERE / "packages.txt").read_text().splitlines()
-    )
-    return [line for line in lines if line]
-
-
-def progress(message: str) -> None:
-    print(f"buildenv: {message}", file=sys.stderr, flush=True)
+    return rootfs.read_packages([HERE / "packages.txt"])
 
 
 def namespace_command() -> list[str]:
@@ -168,145 +148,14 @@ def write_fast_path(root: Path, base: Path, startup: list[str]) -> None:
     )
 
 
-def ensure_mmdebstrap() -> str:
-    found = shutil.which("mmdebstrap")
-    if found:
-        return found
-    if os.geteuid() != 0:
-        raise LauncherError(
-            "the `mmdebstrap` command is missing; install it with `sudo apt-get install mmdebstrap`"
-        )
-    progress("installing mmdebstrap on the host (apt-get install mmdebstrap)")
-    for command in (
-        ["apt-get", "update", "-qq"],
-        ["apt-get", "install", "-y", "-qq", "mmdebstrap"],
-    ):
-        result = subprocess.run(
-            command,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-            raise LauncherError(f"`{' '.join(command)}` failed: {last}")
-    return shutil.which("mmdebstrap") or "mmdebstrap"
-
-
-def check_mirror() -> None:
-    url = f"{MIRROR}/dists/{SUITE}/Release"
-    try:
-        with urllib.request.urlopen(
-            urllib.request.Request(url, method="HEAD"), timeout=20
-        ):
-            pass
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        raise LauncherError(
-            f"the Debian mirror is unreachable: {url}: {reason}"
-        ) from None
-
-
-def check_disk(directory: Path) -> None:
-    free = shutil.disk_usage(directory).free
-    if free < NEEDED_BYTES:
-        raise LauncherError(
-            f"disk full: {free // 2**20} MiB free in {directory}, the build environment needs "
-            f"{NEEDED_BYTES // 2**30} GiB; free space or set XDG_CACHE_HOME to another disk"
-        )
-
-
-def disk_full(directory: Path) -> LauncherError:
-    return LauncherError(
-        f"disk full while provisioning under {directory}; free space or set XDG_CACHE_HOME "
-        "to another disk"
-    )
-
-
-def remove_tree(path: Path) -> None:
-    if path.exists():
-        subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=False)
-
-
-def provision(environment: Path) -> None:
-    """Builds the environment in a temporary directory and renames it into place."""
-    mmdebstrap = ensure_mmdebstrap()
-    check_disk(environment.parent)
-    check_mirror()
-    staging = environment.parent / f".staging-{environment.name}"
-    # Left by an interrupted run; we hold the lock, so nobody else uses it.
-    remove_tree(staging)
-    staging.mkdir(parents=True)
-    root = staging / "root"
-    host_cas = " ".join(shlex.quote(str(p)) for p in sorted(HOST_CA_DIR.glob("*.crt")))
-    # HTTPS may leave this machine through an intercepting proxy whose CA the host trusts; Bazel's
-    # Java downloader must trust it too (update-ca-certificates also rebuilds Java's keystore).
-    customize = [
-        f'mkdir -p "$1/usr/local/share/ca-certificates" && cp {host_cas} "$1/usr/local/share/ca-certificates/"'
-        if host_cas
-        else "true",
-        'chroot "$1" update-ca-certificates --fresh >/dev/null',
-        "printf '%s\\n' 'try-import %workspace%/tools/buildenv/offline.bazelrc' > \"$1/etc/bazel.bazelrc\"",
-        'chroot "$1" dpkg-query -W -f \'${Package}\\t${Version}\\t${Architecture}\\n\' > "$1/../manifest.tsv"',
-    ]
-    command = [
-        mmdebstrap,
-        "--variant=minbase",
-        "--mode=" + ("root" if os.geteuid() == 0 else "unshare"),
-        '--aptopt=Acquire::Check-Valid-Until "false"',
-        '--aptopt=Acquire::Retries "3"',
-        (
-            f'--setup-hook=mkdir -p "$1/etc/apt/preferences.d" && cp {shlex.quote(str(HERE / "apt-preferences"))} '
-            '"$1/etc/apt/preferences.d/buildenv"'
-        ),
-        "--include=" + ",".join(recipe_packages()),
-        *(f"--customize-hook={hook}" for hook in customize),
-        SUITE,
-        str(root),
-        f"deb {MIRROR} {SUITE} main",
-        f"deb {MIRROR} {EXTRA_SUITE} main",
-    ]
-    progress(
-        f"provisioning {environment} (Debian {SUITE} + Bazel from {EXTRA_SUITE}; takes about 1.5 minutes)"
-    )
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    ) as process:
-        tail = []
-        for line in process.stdout:
-            line = line.rstrip()
-            tail = (tail + [line])[-15:]
-            if line.startswith(("I: ", "E: ", "W: ")):
-                progress(line[3:])
-    if process.returncode != 0:
-        remove_tree(staging)
-        details = "\n".join(tail)
-        if "No space left on device" in details:
-            raise disk_full(environment.parent)
-        raise LauncherError(
-            f"provisioning failed (mmdebstrap exit {process.returncode}); its last output:\n{details}"
-        )
-    staging.rename(environment)
-    progress(f"ready: {environment}")
-
-
 def ensure_environment() -> Path:
     """The path of the provisioned environment for the current recipe, provisioning it if needed."""
-    environment = cache_root() / "buildenv" / recipe_hash()
-    if (environment / "root").is_dir():
-        return environment
-    environment.parent.mkdir(parents=True, exist_ok=True)
-    with open(environment.parent / f"{environment.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent run provisions; we wait for it
-        if not (environment / "root").is_dir():
-            try:
-                provision(environment)
-            except OSError as error:
-                if error.errno == errno.ENOSPC:
-                    raise disk_full(environment.parent) from None
-                raise
-    return environment
+    return rootfs.ensure(
+        cache_root() / "buildenv" / recipe_hash(),
+        lambda environment: rootfs.provision(
+            environment, recipe_packages(), [HERE / "apt-preferences"]
+        ),
+    )
 
 
 def remote_cache_lines() -> list[str]:
@@ -435,11 +284,45 @@ def metrics_recording(argv: list[str]):
     return record.Recording.start(argv, WORKSPACE)
 
 
+def remote_command(argv: list[str]) -> int:
+    """`tools/bazel remote up [--workers N] [--config FILE] | down | status`: the local cluster."""
+    parser = argparse.ArgumentParser(
+        prog="tools/bazel remote",
+        description="A local remote-execution cluster (BuildGrid + buildbox workers) for --config=remote.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    start = commands.add_parser(
+        "up", help="start PostgreSQL, BuildGrid and the workers"
+    )
+    start.add_argument(
+        "--workers", type=int, default=2, help="buildbox workers (default 2)"
+    )
+    start.add_argument(
+        "--config",
+        type=Path,
+        help="a BuildGrid configuration to use instead of tools/buildenv/cluster/buildgrid.yml "
+        "(${address} and ${sql} are filled in)",
+    )
+    commands.add_parser("down", help="stop the cluster")
+    commands.add_parser("status", help="workers, queue and where the logs are")
+    args = parser.parse_args(argv)
+    if args.command == "up":
+        worker_root = worker_env.ensure(cache_root()) / "root"
+        cluster.up(cache_root(), worker_root, recipe_hash(), args.workers, args.config)
+    elif args.command == "down":
+        cluster.down(cache_root())
+    else:
+        return cluster.status(cache_root())
+    return 0
+
+
 def main(argv: list[str]) -> int:
     host_bazel = os.environ.get(HOST_BAZEL_VARIABLE)
     if host_bazel:
         os.execv(host_bazel, [host_bazel, *argv])
     try:
+        if argv[:1] == ["remote"]:
+            return remote_command(argv[1:])
         environment = ensure_environment()
         if argv[:1] == ["--buildenv-info"]:
             print_info(environment)
@@ -453,8 +336,10 @@ def main(argv: list[str]) -> int:
         recording = metrics_recording(argv)
         if recording:
             argv = recording.bazel_args
-        remote_cache = remote_cache_lines()
-        rc = bazel_rc(cache, remote_cache)
+        remote_execution = cluster.bazelrc_lines(cache, argv, recipe_hash())
+        # Remote execution brings its own cache; Bazel takes one remote endpoint.
+        remote = remote_execution or remote_cache_lines()
+        rc = bazel_rc(cache, remote)
         startup = [f"--output_user_root={output_user_root}", f"--bazelrc={rc}"]
         user_rc = home / ".bazelrc"
         if user_rc.exists():
@@ -467,7 +352,7 @@ def main(argv: list[str]) -> int:
         env["PATH"] = CHROOT_PATH
         base = output_base(output_user_root, argv)
         server = running_server(base, root)
-        if not remote_cache and argv[:1] and not argv[0].startswith("-"):
+        if not remote and argv[:1] and not argv[0].startswith("-"):
             write_fast_path(root, base, startup)
         if server:
             command = [*enter_command(server), "sh", "-c", ENTER_WORKDIR, str(workdir)]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import launcher
 import pytest
+import rootfs
 
 
 @pytest.fixture
@@ -45,9 +46,9 @@ def test_environment_path_is_versioned_by_recipe(recipe, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     calls = []
     monkeypatch.setattr(
-        launcher,
+        rootfs,
         "provision",
-        lambda env: calls.append(env) or (env / "root").mkdir(parents=True),
+        lambda env, *_: calls.append(env) or (env / "root").mkdir(parents=True),
     )
     first = launcher.ensure_environment()
     assert (
@@ -70,25 +71,25 @@ def test_unreachable_mirror_names_the_url(monkeypatch):
     with socket.socket() as refusing:
         refusing.bind(("127.0.0.1", 0))
         port = refusing.getsockname()[1]
-        monkeypatch.setattr(launcher, "MIRROR", f"http://127.0.0.1:{port}/debian")
+        monkeypatch.setattr(rootfs, "MIRROR", f"http://127.0.0.1:{port}/debian")
         with pytest.raises(
-            launcher.LauncherError,
+            rootfs.LauncherError,
             match=f"unreachable: http://127.0.0.1:{port}/debian/dists/trixie/Release",
         ):
-            launcher.check_mirror()
+            rootfs.check_mirror()
 
 
 def test_disk_full_is_one_clear_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(launcher, "NEEDED_BYTES", 1 << 62)
+    monkeypatch.setattr(rootfs, "NEEDED_BYTES", 1 << 62)
     with pytest.raises(
-        launcher.LauncherError, match=r"^disk full: \d+ MiB free in .*XDG_CACHE_HOME"
+        rootfs.LauncherError, match=r"^disk full: \d+ MiB free in .*XDG_CACHE_HOME"
     ):
-        launcher.check_disk(tmp_path)
+        rootfs.check_disk(tmp_path)
 
 
 def test_missing_command_is_named(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
-    with pytest.raises(launcher.LauncherError, match="`unshare` command is missing"):
+    with pytest.raises(rootfs.LauncherError, match="`unshare` command is missing"):
         launcher.namespace_command()
 
 
@@ -174,7 +175,7 @@ def test_bazel_version_must_match_bazelversion(tmp_path, monkeypatch):
     launcher.check_bazel_version(tmp_path)
     (workspace / ".bazelversion").write_text("8.0.0\n")
     with pytest.raises(
-        launcher.LauncherError,
+        rootfs.LauncherError,
         match="asks for Bazel 8.0.0 but the build environment has 7.7.1",
     ):
         launcher.check_bazel_version(tmp_path)
@@ -195,16 +196,16 @@ def provisioning(tmp_path, monkeypatch):
         "exit 1\n"
     )
     fake.chmod(0o755)
-    monkeypatch.setattr(launcher, "ensure_mmdebstrap", lambda: str(fake))
-    monkeypatch.setattr(launcher, "check_mirror", lambda: None)
-    monkeypatch.setattr(launcher, "NEEDED_BYTES", 0)
+    monkeypatch.setattr(rootfs, "ensure_mmdebstrap", lambda: str(fake))
+    monkeypatch.setattr(rootfs, "check_mirror", lambda: None)
+    monkeypatch.setattr(rootfs, "NEEDED_BYTES", 0)
     return tmp_path / "buildenv" / "0123abcd"
 
 
 def test_disk_full_during_provisioning_is_one_line_and_leaves_nothing(provisioning):
     provisioning.parent.mkdir()
-    with pytest.raises(launcher.LauncherError) as raised:
-        launcher.provision(provisioning)
+    with pytest.raises(rootfs.LauncherError) as raised:
+        rootfs.provision(provisioning, ["bash"], [])
     message = str(raised.value)
     assert message == (
         f"disk full while provisioning under {provisioning.parent}; free space or set "
@@ -218,11 +219,11 @@ def test_disk_full_raised_by_provisioning_itself_is_the_same_line(
 ):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
-    def no_space(environment):
+    def no_space(environment, *_):
         raise OSError(errno.ENOSPC, "No space left on device", str(environment))
 
-    monkeypatch.setattr(launcher, "provision", no_space)
-    with pytest.raises(launcher.LauncherError, match=r"^disk full while provisioning"):
+    monkeypatch.setattr(rootfs, "provision", no_space)
+    with pytest.raises(rootfs.LauncherError, match=r"^disk full while provisioning"):
         launcher.ensure_environment()
 
 
