@@ -16,8 +16,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 MIRROR = os.environ.get("BUILDENV_DEBIAN_MIRROR", "http://deb.debian.org/debian")
@@ -82,6 +80,10 @@ def ensure_mmdebstrap() -> str:
 
 
 def check_mirror() -> None:
+    # Imported here: only provisioning needs it, and it was a third of tools/bazel's start-up.
+    import urllib.error
+    import urllib.request
+
     url = f"{MIRROR}/dists/{SUITE}/Release"
     try:
         with urllib.request.urlopen(
