@@ -38,8 +38,18 @@ def setup(tmp_path, monkeypatch):
     (workspace / "tools" / "buildenv" / "launcher.py").write_text(
         'import sys\nprint("slow:", *sys.argv[1:])\n'
     )
-    tools = ("sh", "md5sum", "cat", "env", "sed", "readlink", "nsenter", "pwd")
-    for tool in (*tools, "python3"):
+    tools = (
+        "sh",
+        "md5sum",
+        "cat",
+        "env",
+        "sed",
+        "readlink",
+        "nsenter",
+        "pwd",
+        "python3",
+    )
+    for tool in tools:
         found = shutil.which(tool)
         assert found, f"{tool} is needed by tools/bazel and must be on PATH"
         for directory in (bin_dir, host_bin):
