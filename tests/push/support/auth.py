@@ -1,4 +1,5 @@
-"""Registry credentials: htpasswd lines, a docker config, and a token server speaking the registry's token auth."""
+"""Registry credentials: htpasswd lines, a docker config, and a token server speaking the
+registry's token auth."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
+
 from tests.push.support.serving import serve_in_thread, stop_serving
 
 

@@ -1,4 +1,5 @@
-"""A proxy that injects faults between a client and a registry, and a blob store standing in for S3 redirects."""
+"""A proxy that injects faults between a client and a registry, and a blob store standing in for
+S3 redirects."""
 
 from __future__ import annotations
 

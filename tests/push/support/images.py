@@ -1,4 +1,5 @@
-"""Small, reproducible OCI image layouts to push and pull: layers, images, the six handler images."""
+"""Small, reproducible OCI image layouts to push and pull: layers, images, the six handler
+images."""
 
 from __future__ import annotations
 

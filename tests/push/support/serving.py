@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from tools.registry import client
 from tools.registry.local_registry import LocalRegistry
 
