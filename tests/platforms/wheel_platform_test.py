@@ -16,9 +16,23 @@ def elf_machine(path: str) -> str:
     return ELF_MACHINES.get(machine, str(machine))
 
 
+def runfiles(variable: str) -> list[str]:
+    """The files `$(rootpaths ...)` named, with installed wheels (directories) walked."""
+    files = []
+    for path in os.environ[variable].split():
+        if os.path.isdir(path):
+            files += [
+                os.path.join(root, name)
+                for root, _, names in os.walk(path)
+                for name in sorted(names)
+            ]
+        else:
+            files.append(path)
+    return files
+
+
 def shared_objects(variable: str) -> list[str]:
-    files = os.environ[variable].split()
-    return [f for f in files if f.endswith(".so") and "/numpy/" in f]
+    return [f for f in runfiles(variable) if f.endswith(".so") and "/numpy/" in f]
 
 
 @pytest.mark.parametrize(
@@ -31,7 +45,7 @@ def test_numpy_extensions_match_the_target_platform(variable, machine):
     wheel_dirs = {path.split("/site-packages/")[0] for path in objects}
     dist_infos = [
         f
-        for f in os.environ[variable].split()
+        for f in runfiles(variable)
         if any(f.startswith(d) for d in wheel_dirs) and f.endswith(".dist-info/WHEEL")
     ]
     assert dist_infos, "the numpy wheel's WHEEL metadata is missing"

@@ -1,8 +1,9 @@
 """Builds one image layer: a normalized tar, compressed, plus a small JSON metadata file.
 
 Inputs are merged in this order: existing tars (--tar), files and directories (--file),
-empty directories (--dir), symlinks (--symlink), Python runfiles (--py-file), and with
---py-compile VERSION a hash-based __pycache__/*.pyc next to each of their .py files. Entries are
+empty directories (--dir), symlinks (--symlink), wheels (--py-wheel) and Python runfiles
+(--py-file), and with --py-compile VERSION a hash-based __pycache__/*.pyc next to each of their
+.py files. Entries are
 normalized so the layer depends only on contents and paths: sorted, mtime fixed to
 SOURCE_DATE_EPOCH (default 0), uid/gid 0 without names, files 0644 (0755 when any
 execute bit was set in an input tar, or as given by --mode), directories 0755 (world-
@@ -38,6 +39,7 @@ def build(args):
             args.py_include,
             args.py_exclude,
             args.py_compile,
+            args.py_wheel,
         )
         for path, mode in args.mode:
             try:
@@ -95,6 +97,13 @@ def parse_args(argv):
         "--py-file", nargs=2, action="append", default=[], metavar=("SHORT_PATH", "SRC")
     )
     parser.add_argument(
+        "--py-wheel",
+        action="append",
+        default=[],
+        metavar="WHL",
+        help="a wheel whose files go under --py-site-packages, as an installer puts them",
+    )
+    parser.add_argument(
         "--py-import-root", action="append", default=[], metavar="REPO/PATH"
     )
     parser.add_argument(
@@ -108,7 +117,7 @@ def parse_args(argv):
     parser.add_argument(
         "--py-compile",
         metavar="VERSION",
-        help="add an unchecked-hash .pyc for each --py-file .py; VERSION is the image's "
+        help="add an unchecked-hash .pyc for each .py of --py-file and --py-wheel; VERSION is the image's "
         "Python (e.g. 3.13), which must be the one running this tool",
     )
     parser.add_argument(

@@ -16,6 +16,9 @@ PLATFORM_CONSTRAINTS = {
     "linux_x86_64": ["@platforms//os:linux", "@platforms//cpu:x86_64"],
 }
 
+# Scripts of a wheel that a hub target exposes: `@pypi//:uv` is the lock tool's uv.
+SCRIPTS = {"uv": ["uv"]}
+
 REGENERATE = "Regenerate it with `tools/bazel run //:lock`."
 
 def normalize_name(name):
@@ -32,48 +35,35 @@ def _requirement_lines(text):
     return sorted([line for line in lines if line])
 
 def _wheel_repo_impl(rctx):
-    # Most wheels are a site-packages tree as they are: Bazel unpacks them itself, which is much
-    # faster than starting an installer per wheel (a cold image build fetches ~90 wheels).
-    # Wheels with a `<dist>.data` directory (scripts, purelib/platlib) are laid out by the
-    # installer instead, as PEP 427 says.
-    rctx.download_and_extract(
-        url = rctx.attr.url,
-        sha256 = rctx.attr.sha256,
-        type = "zip",
-        output = "site-packages",
-    )
-    if [entry for entry in rctx.path("site-packages").readdir() if entry.basename.endswith(".data")]:
-        filename = rctx.attr.url.rsplit("/", 1)[-1]
-        rctx.delete("site-packages")
-        rctx.download(url = rctx.attr.url, output = filename, sha256 = rctx.attr.sha256)
-        result = rctx.execute(["python3", rctx.path(rctx.attr._installer), filename, "."])
-        if result.return_code != 0:
-            fail("installing %s failed:\n%s" % (filename, result.stderr))
-        rctx.delete(filename)
+    # Only the download: wheel_library unpacks it in an action, which only tests and binaries
+    # run; image layers read the .whl itself (a cold image build used to spend 20 s here
+    # unpacking about 90 wheels).
+    filename = rctx.attr.url.rsplit("/", 1)[-1]
+    rctx.download(url = rctx.attr.url, output = filename, sha256 = rctx.attr.sha256)
     rctx.file("BUILD.bazel", """\
-load("@rules_python//python:defs.bzl", "py_library")
+load("{wheel_bzl}", "wheel_library")
 
 package(default_visibility = ["//visibility:public"])
 
-# Files whose names Bazel labels can not hold (spaces) are left out.
-py_library(
+wheel_library(
     name = "pkg",
-    srcs = glob(["site-packages/**/*.py"], exclude = ["**/* *"]),
-    data = glob(["site-packages/**"], exclude = ["**/*.py", "**/*.pyc", "**/* *"]),
-    imports = ["site-packages"],
+    scripts = {scripts},
+    wheel = "{filename}",
 )
-
-exports_files(glob(["bin/*"], allow_empty = True))
-""")
+""".format(
+        wheel_bzl = str(Label("//tools/pypi:wheel.bzl")),
+        scripts = repr(["bin/" + name for name in rctx.attr.scripts]),
+        filename = filename,
+    ))
 
 wheel_repo = repository_rule(
     implementation = _wheel_repo_impl,
     attrs = {
         "url": attr.string(mandatory = True),
         "sha256": attr.string(mandatory = True),
-        "_installer": attr.label(default = "//tools/pypi:install_wheel.py"),
+        "scripts": attr.string_list(doc = "scripts the hub exposes, installed as bin/<name>"),
     },
-    doc = "One wheel, downloaded by URL and sha256 and installed under site-packages/.",
+    doc = "One wheel, downloaded by URL and sha256, as the wheel_library `:pkg`.",
 )
 
 _LOCK_ERROR_BZL = """\
@@ -218,7 +208,12 @@ def _create_repos(mctx, tag):
         repo_of[(record["platform"], name)] = repo
         if repo not in created:
             created[repo] = True
-            wheel_repo(name = repo, url = record["url"], sha256 = record["sha256"])
+            wheel_repo(
+                name = repo,
+                url = record["url"],
+                sha256 = record["sha256"],
+                scripts = SCRIPTS.get(name, []),
+            )
 
     closures = {}
     for platform in PLATFORM_CONSTRAINTS:

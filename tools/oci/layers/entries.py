@@ -9,10 +9,11 @@ import os
 import shutil
 import tarfile
 import tempfile
+import zipfile
 from collections.abc import Callable
 
 from tools.oci import common
-from tools.oci.layers import bytecode
+from tools.oci.layers import bytecode, wheels
 
 
 @dataclasses.dataclass
@@ -210,15 +211,19 @@ class Layer:
         include="all",
         exclude=(),
         compile_version=None,
+        wheel_files=(),
     ):
         """Places py_library runfiles where `import` finds them: under site_packages, relative to their import root.
 
         files: (short_path, path) pairs as Bazel's File gives them. Files of external repositories
-        (short_path '../<repo>/...') are third-party wheels; the rest is first-party code.
+        (short_path '../<repo>/...') are third-party; the rest is first-party code.
+        wheel_files: .whl files whose members go under site_packages (see wheels.py).
         compile_version: the image's Python ("3.13"): also add a .pyc for each .py placed.
         """
         excluded = set(exclude)
-        sources = {}  # layer path -> source file; the last one wins, as with allow_overwrite
+        sources = {}  # layer path -> source; the last one wins, as with allow_overwrite
+        for wheel in wheel_files:
+            sources.update(self._add_wheel(wheel, site_packages))
         roots = sorted(
             {normalize_path(root, "import roots") for root in import_roots},
             key=len,
@@ -246,8 +251,34 @@ class Layer:
         if compile_version:
             self.compile_python(sources, compile_version)
 
+    def _add_wheel(self, wheel, site_packages):
+        """Adds the wheel's site-packages files; returns {layer path: WheelMember} of its .py files."""
+        try:
+            archive = zipfile.ZipFile(wheel)  # closed by close()
+        except (FileNotFoundError, zipfile.BadZipFile) as error:
+            raise common.UsageError(f"wheel {wheel} can not be read: {error}") from None
+        self._temp_files.append(archive)
+        sources = {}
+        origin = os.path.basename(wheel)
+        for info, path in wheels.site_packages_members(archive):
+            where = f"{origin}:{info.filename}"
+            dest = normalize_path(f"{site_packages}/{path}", where)
+            self.add(
+                Entry(
+                    dest,
+                    "file",
+                    0o644,
+                    where,
+                    size=info.file_size,
+                    open_data=lambda info=info: archive.open(info),
+                )
+            )
+            if dest.endswith(".py"):
+                sources[dest] = bytecode.WheelMember(wheel, info.filename)
+        return sources
+
     def compile_python(self, sources, version):
-        """Adds the bytecode of {layer path: source file} (see bytecode.py); a pyc shipped in a
+        """Adds the bytecode of {layer path: source} (see bytecode.py); a pyc shipped in a
         wheel (timestamp-based, stale in the layer) is replaced."""
         if self._temp_dir is None:
             self._temp_dir = tempfile.TemporaryDirectory(prefix="pyc-")

@@ -1,6 +1,7 @@
 """Layer rules: each layer is one action writing a compressed blob plus a small metadata JSON."""
 
 load("@rules_python//python:defs.bzl", "PyInfo")
+load("//tools/pypi:wheel.bzl", "WheelInfo")
 load(":providers.bzl", "OciLayerInfo")
 load(":worker.bzl", "WORKER_EXECUTION_REQUIREMENTS")
 
@@ -140,6 +141,32 @@ oci_layer = rule(
     provides = [OciLayerInfo],
 )
 
+_WheelsInfo = provider(
+    doc = "The wheel_library targets a Python target reaches through `deps`.",
+    fields = {
+        "wheels": "depset of .whl files",
+        "installed": "depset of their installed site-packages trees (in runfiles)",
+    },
+)
+
+def _wheels_aspect_impl(target, ctx):
+    own = [target[WheelInfo]] if WheelInfo in target else []
+    transitive = [dep[_WheelsInfo] for dep in getattr(ctx.rule.attr, "deps", []) if _WheelsInfo in dep]
+    return [_WheelsInfo(
+        wheels = depset([info.wheel for info in own], transitive = [info.wheels for info in transitive]),
+        installed = depset([info.site_packages for info in own], transitive = [info.installed for info in transitive]),
+    )]
+
+# Layers take wheel files, not the trees installed from them: building an image unpacks nothing.
+_wheels_aspect = aspect(implementation = _wheels_aspect_impl, attr_aspects = ["deps"])
+
+def _wheels(targets):
+    infos = [target[_WheelsInfo] for target in targets]
+    return (
+        depset(transitive = [info.wheels for info in infos]),
+        depset(transitive = [info.installed for info in infos]),
+    )
+
 def _py_file_args(file):
     return ["--py-file", file.short_path, file.path]
 
@@ -148,9 +175,14 @@ def _is_third_party(file):
 
 def py_layer_impl(ctx):
     """py_layer's implementation; tests reuse it with another layer tool."""
+    wheels, installed = _wheels(ctx.attr.deps)
+    excluded_wheels, excluded_installed = _wheels(ctx.attr.exclude)
     excluded = {
         file: None
-        for file in depset(transitive = [dep[DefaultInfo].default_runfiles.files for dep in ctx.attr.exclude]).to_list()
+        for file in depset(
+            transitive = [dep[DefaultInfo].default_runfiles.files for dep in ctx.attr.exclude] +
+                         [installed, excluded_installed],
+        ).to_list()
     }
     files = []
     for file in depset(transitive = [dep[DefaultInfo].default_runfiles.files for dep in ctx.attr.deps]).to_list():
@@ -161,7 +193,13 @@ def py_layer_impl(ctx):
         if ctx.attr.packages == "first_party" and _is_third_party(file):
             continue
         files.append(file)
+    if ctx.attr.packages == "first_party":
+        wheel_files = []
+    else:
+        excluded_wheel_files = {wheel: None for wheel in excluded_wheels.to_list()}
+        wheel_files = [wheel for wheel in wheels.to_list() if wheel not in excluded_wheel_files]
     args = ctx.actions.args()
+    args.add_all(wheel_files, before_each = "--py-wheel")
     args.add_all(files, map_each = _py_file_args)
     args.add_all(
         depset(transitive = [dep[PyInfo].imports for dep in ctx.attr.deps if PyInfo in dep]),
@@ -178,15 +216,22 @@ def py_layer_impl(ctx):
         ctx,
         ctx.label.name,
         args,
-        files,
+        wheel_files + files,
         ctx.attr.compression,
         ctx.attr.created_by or "py_layer %s (%s packages)" % (label_text(ctx.label), ctx.attr.packages.replace("_", "-")),
     )
     return [layer, DefaultInfo(files = depset([layer.blob, layer.metadata]))]
 
 PY_LAYER_ATTRS = dict(LAYER_TOOL_ATTRS, **{
-    "deps": attr.label_list(mandatory = True, doc = "py_library targets; their whole runfiles closure is used."),
-    "exclude": attr.label_list(doc = "Targets whose runfiles are left out (they are in another layer)."),
+    "deps": attr.label_list(
+        mandatory = True,
+        aspects = [_wheels_aspect],
+        doc = "py_library targets; their whole closure is used (wheel files for wheel_library targets, runfiles for the rest).",
+    ),
+    "exclude": attr.label_list(
+        aspects = [_wheels_aspect],
+        doc = "Targets whose wheels and runfiles are left out (they are in another layer).",
+    ),
     "packages": attr.string(
         default = "all",
         values = ["all", "third_party", "first_party"],
@@ -217,8 +262,9 @@ py_layer = rule(
     implementation = py_layer_impl,
     doc = """A layer of Python libraries installed under `site_packages`, where `import` finds them.
 
-    Third-party files (wheel repositories, runfiles paths '../<repo>/site-packages/...') keep
-    their path below the wheel's site-packages; first-party files (this repository) keep their
+    Wheels (wheel_library targets in the closure) are placed as an installer would, read
+    from the .whl files; other third-party files (runfiles paths '../<repo>/site-packages/...')
+    keep their path below site-packages; first-party files (this repository) keep their
     path below their py_library `imports` root, or below the repository root without one.
     Split dependencies into several layers with `packages` and `exclude`, e.g. big wheels in one
     layer and `exclude = [":big_wheels"]` in the next, so one version bump rebuilds one layer.

@@ -41,8 +41,8 @@ def _aarch64_layer_tool_impl(ctx):
     import_dirs = {ctx.workspace_name: None}
     for file in files:
         path = _runfiles_path(ctx, file)
-        if "/site-packages/" in path:
-            import_dirs[path.split("/site-packages/")[0] + "/site-packages"] = None
+        if path.endswith("/site-packages"):  # an installed wheel (tools/pypi/wheel.bzl)
+            import_dirs[path] = None
     script = ctx.actions.declare_file(ctx.label.name + ".sh")
     ctx.actions.write(
         output = script,

@@ -2,7 +2,10 @@
 compiling in one, for the same files."""
 
 import concurrent.futures
+import os
+import subprocess
 import sys
+import sysconfig
 
 from tools.oci.layers import bytecode
 
@@ -52,3 +55,54 @@ def test_parallel_compilation_gives_the_serial_bytes(tmp_path, monkeypatch):
     assert compiled(parallel) == compiled(serial)
     assert len(parallel) == len(files) - 1  # the Python 2 file gets no pyc
     assert "usr/lib/python3/__pycache__/py2.cpython" not in " ".join(compiled(parallel))
+
+
+# Compiles typing.py with the layer tool's modules loaded, as its process has them.
+LAYER_TOOL_COMPILE = """
+import sys
+import tools.oci.layer
+from tools.oci.layers import bytecode
+
+[(_, pyc, _)] = bytecode.compile_sources({"usr/lib/x/typing.py": sys.argv[1]}, sys.argv[2], sys.argv[3])
+sys.stdout.buffer.write(open(pyc, "rb").read())
+"""
+FRESH_PY_COMPILE = """
+import py_compile, sys
+py_compile.compile(sys.argv[1], cfile=sys.argv[2], dfile="/usr/lib/x/typing.py", doraise=True,
+                   invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+sys.stdout.buffer.write(open(sys.argv[2], "rb").read())
+"""
+
+
+def test_the_layer_tools_pycs_are_a_fresh_interpreters(tmp_path):
+    """marshal's output depends on the strings the process interned: the pyc of typing.py
+    differs when `typing` is imported. The layer tool must compile as a fresh interpreter does,
+    or an import added to it would change image digests."""
+    source = os.path.join(sysconfig.get_paths()["stdlib"], "typing.py")
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    from_layer_tool = subprocess.run(
+        [sys.executable, "-c", LAYER_TOOL_COMPILE, source, RUNNING_PYTHON, tmp_path],
+        env=environment,
+        capture_output=True,
+        check=True,
+    ).stdout
+    fresh = subprocess.run(
+        [sys.executable, "-c", FRESH_PY_COMPILE, source, tmp_path / "fresh.pyc"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    polluted = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import typing\n" + FRESH_PY_COMPILE,
+            source,
+            tmp_path / "p.pyc",
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert polluted != fresh, (
+        "this Python's marshal no longer depends on interned strings"
+    )
+    assert from_layer_tool == fresh
