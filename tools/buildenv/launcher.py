@@ -10,11 +10,10 @@ provisioning is never used.
 Bazel then runs through chroot in a private mount namespace where /proc, /dev, /sys, /tmp, the
 home directory and the work tree appear at their usual absolute paths; the network is the host's.
 Only the Python standard library is used: this runs on the host's python3 before anything else
-exists.
+exists. Every Bazel command that is not on tools/bazel's fast path pays for this module's imports,
+so modules only some commands need (argparse, dataclasses, urllib) are imported where used.
 """
 
-import argparse
-import dataclasses
 import hashlib
 import os
 import shlex
@@ -181,6 +180,8 @@ def remote_cache_lines() -> list[str]:
             "//tools/cache:server",
             "--",
         )
+        import dataclasses
+
         config = dataclasses.replace(config, server_command=command)
     try:
         url = ensure_server.ensure_server(config, timeout=600)
@@ -286,6 +287,8 @@ def metrics_recording(argv: list[str]):
 
 def remote_command(argv: list[str]) -> int:
     """`tools/bazel remote up [--workers N] [--config FILE] | down | status`: the local cluster."""
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="tools/bazel remote",
         description="A local remote-execution cluster (BuildGrid + buildbox workers) for --config=remote.",

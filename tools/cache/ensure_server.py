@@ -27,7 +27,6 @@ never written anywhere by the cache.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import fcntl
@@ -39,8 +38,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -235,6 +232,11 @@ def _start(config: CacheConfig, directory: Path, timeout: float) -> str:
 
 
 def _fetch_status(url: str) -> dict | None:
+    # Imported here: tools/bazel loads this module on every command to read the configuration,
+    # and urllib.request costs it 15 ms.
+    import urllib.error
+    import urllib.request
+
     try:
         with urllib.request.urlopen(f"{url}/status", timeout=2) as response:
             return json.loads(response.read())
@@ -279,6 +281,8 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse
+
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,

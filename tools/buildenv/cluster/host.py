@@ -17,7 +17,6 @@ import subprocess
 import time
 from pathlib import Path
 
-from cluster import supervisor
 from rootfs import LauncherError, progress
 
 HERE = Path(__file__).resolve().parent
@@ -93,6 +92,9 @@ def cluster_environment() -> dict[str, str]:
 def start_script(root: Path, directory: Path, command: list[str]) -> str:
     """Shell commands for the cluster's mount namespace: /proc, /dev, /sys, the state directory at
     its own path, a private /tmp, then the supervisor in a chroot."""
+    # Imported here: the launcher imports this module for bazelrc_lines on every command.
+    from cluster import supervisor
+
     quoted_root = shlex.quote(str(root))
     lines = ["set -e"]
     for source in ("/proc", "/dev", "/sys"):

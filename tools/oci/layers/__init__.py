@@ -1,1 +1,2 @@
-"""The layer tool's parts: entries.py (what goes in), bytecode.py (.pyc), tarball.py (writing)."""
+"""The layer tool's parts: entries.py (what goes in), wheels.py (wheel members), bytecode.py (.pyc),
+tarball.py (writing)."""
