@@ -3,15 +3,16 @@
 
     bench/images/bench.py                         # linux/arm64 images (the Lambda default)
     bench/images/bench.py --bazel-flag=--config=amd64
-    bench/images/bench.py --empty-repository-cache   # also download every wheel and .deb
     bench/images/bench.py --compress-python PY    # a python3.13 with zlib-ng and zstandard
 
 Works in a copy of the work tree (at another path, so the edit below never touches the real
 handler.py and nobody else's build sees it) with its own fresh output base and no disk or remote
 cache, and measures (wall clock, through tools/bazel as people run it):
-  cold      `bazel build //handlers/...` (the six images): Bazel server start, external
-            repositories set up from the repository cache (wheels and .debs already downloaded,
-            unless --empty-repository-cache), analysis, and every action; with --profile, and
+  cold      `bazel build //handlers/...` (the six images) in an empty output base, three times:
+            with empty repository and disk caches of its own (every wheel and .deb downloaded,
+            every action run), then with the repository cache warm and no disk cache (every
+            action run), then with the disk cache warm (what a second clone on this machine
+            does); each includes the Bazel server's start, with --profile and
             `bazel analyze-profile`'s phase summary (where the time goes);
   no-op     the same command again (median of --runs);
   edit      after appending a comment line to handlers/list_pending_batches/handler.py (median
@@ -52,10 +53,9 @@ HANDLERS = [
 ]
 IMAGES = [f"//handlers/{name}:image" for name in HANDLERS]
 EDITED = "handlers/list_pending_batches/handler.py"
+# No remote cache (an S3 cache the user configured); each build names its disk cache.
 FRESH_FLAGS = [
-    "--disk_cache=",
     "--remote_cache=",
-    "--noremote_accept_cached",
     "--symlink_prefix=/",
 ]
 IMAGE_INFO = '"//tools/oci/private:providers.bzl%OciImageInfo"'
@@ -187,11 +187,6 @@ def main() -> int:
         help="extra build flag, e.g. --config=amd64",
     )
     parser.add_argument(
-        "--empty-repository-cache",
-        action="store_true",
-        help="cold build downloads everything",
-    )
-    parser.add_argument(
         "--compress-python",
         default=sys.executable,
         help="python3 with zlib-ng and zstandard",
@@ -199,47 +194,61 @@ def main() -> int:
     parser.add_argument(
         "--runs", type=int, default=5, help="runs per warm measurement (median)"
     )
-    parser.add_argument("--tmpdir", default="/tmp")
+    parser.add_argument(
+        "--tmpdir",
+        default="/tmp",
+        help="where the work tree copy and its caches go: under /tmp or your home directory, "
+        "which the build environment sees at the same path",
+    )
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-images-", dir=args.tmpdir))
     workspace = scratch / "work-tree"
     flags = FRESH_FLAGS + args.bazel_flag
-    if args.empty_repository_cache:
-        flags.append(f"--repository_cache={scratch / 'repository_cache'}")
+    # Each cold build starts a new Bazel server in an empty output base; the caches are this
+    # run's own, so the first build downloads every wheel and .deb and runs every action.
+    repository_cache = f"--repository_cache={scratch / 'repository-cache'}"
+    disk_cache = f"--disk_cache={scratch / 'disk-cache'}"
     try:
         copy_work_tree(workspace)
         print(
             f"work tree copy {workspace}; {os.cpu_count()} CPUs; flags {' '.join(flags)}\n"
         )
         rows = []
-        cache = (
-            "empty repository cache, downloads included"
-            if args.empty_repository_cache
-            else "repository cache warm"
-        )
-        profile = scratch / "cold.profile.gz"
-        rows.append(
+        cold_builds = [
             (
-                f"cold: fresh output base, {cache}",
-                *timed_build(workspace, [*flags, f"--profile={profile}"]),
+                "cold: empty repository cache and disk cache (downloads included)",
+                [disk_cache],
+            ),
+            ("cold: fresh output base, repository cache warm", ["--disk_cache="]),
+            ("cold: fresh output base, disk cache warm (a second clone)", [disk_cache]),
+        ]
+        for number, (what, caches) in enumerate(cold_builds):
+            bazel(workspace, "clean", "--expunge")
+            profile = scratch / f"cold{number}.profile.gz"
+            rows.append(
+                (
+                    what,
+                    *timed_build(
+                        workspace,
+                        [*flags, repository_cache, *caches, f"--profile={profile}"],
+                    ),
+                )
             )
-        )
-        if args.empty_repository_cache:
-            downloaded = sum(
-                path.stat().st_size
-                for path in (scratch / "repository_cache").rglob("*")
-                if path.is_file()
-            )
+            if number == 0:
+                downloaded = sum(
+                    path.stat().st_size
+                    for path in (scratch / "repository-cache").rglob("*")
+                    if path.is_file()
+                )
+                print(f"the first cold build downloaded {size_text(downloaded)}")
             print(
-                f"the cold build downloaded {size_text(downloaded)} into the empty repository cache"
+                f"where the time of '{what}' goes (bazel analyze-profile):\n"
+                + profile_summary(workspace, profile)
+                + "\n"
             )
-        print(
-            "where the cold build's time goes (bazel analyze-profile):\n"
-            + profile_summary(workspace, profile)
-            + "\n"
-        )
+        flags = [*flags, repository_cache, "--disk_cache="]
         rows.append(
             (
                 "no-op build",
