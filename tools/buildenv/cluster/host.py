@@ -320,9 +320,10 @@ def bazelrc_lines(cache_root: Path, argv: list[str], buildenv: str) -> list[str]
     executor = os.environ.get(REMOTE_VARIABLE)
     lines = []
     if executor:
-        lines.append(
-            "build --config=remote"
-        )  # BAZEL_REMOTE alone asks for remote execution
+        # BAZEL_REMOTE alone asks for remote execution; not twice, though: Bazel crashes on the
+        # config's exec properties given twice ("Multiple entries with same key").
+        if not asks_for_remote(argv):
+            lines.append("build --config=remote")
         buildenv = os.environ.get(BUILDENV_VARIABLE) or buildenv
     elif asks_for_remote(argv):
         state = running_state(state_dir(cache_root))

@@ -76,6 +76,13 @@ def test_bazel_remote_alone_turns_remote_execution_on(cache, monkeypatch):
     assert "build:remote --remote_executor=grpc://buildgrid.example:50051" in lines
 
 
+def test_bazel_remote_with_config_remote_adds_the_config_once(cache, monkeypatch):
+    monkeypatch.setenv(host.REMOTE_VARIABLE, "grpc://buildgrid.example:50051")
+    lines = host.bazelrc_lines(cache, ["build", "--config=remote", "//..."], "0123")
+    assert "build --config=remote" not in lines
+    assert "build:remote --remote_executor=grpc://buildgrid.example:50051" in lines
+
+
 def test_bazel_remote_buildenv_names_the_workers_of_another_environment(
     cache, monkeypatch
 ):
