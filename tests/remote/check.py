@@ -11,8 +11,9 @@
 The remote builds use a fresh output base with no disk cache and `--noremote_accept_cached`, so
 every action runs on a worker; Bazel's process summary must count only `remote` (and `internal`,
 which is not a process) spawns. The local digests come from this work tree's own output base.
-.ci/run runs the slimmer ci_check.py. It ends with the cluster stopped and no process left in the worker environment. Exits 0 when
-everything holds, 1 otherwise. Runs Bazel itself, so it can not be a `bazel test`.
+It ends with the cluster stopped and no process left in the worker environment. Exits 0 when
+everything holds, 1 otherwise. Runs Bazel itself, so it can not be a `bazel test`. `.ci/run`
+runs the slimmer ci_check.py instead.
 """
 
 from __future__ import annotations
