@@ -10,6 +10,7 @@ local build's.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -161,9 +162,26 @@ class ImageWorker:
             raise CheckFailed(f"processes of the image's worker outlived it: {left}")
 
 
-def check(scratch: Path, targets: list[str], digests_of: str, tests: list[str]) -> None:
+@contextlib.contextmanager
+def remote_environment(buildenv: str):
+    """tools/bazel sends actions to the running cluster, for workers offering `buildenv`."""
+    state = cluster.running_state(STATE)
+    names = ("BAZEL_REMOTE", cluster.BUILDENV_VARIABLE)
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update(dict(zip(names, (state["executor"], buildenv))))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def check(scratch: Path, targets: list[str], digests_of: str, tests: list[str]) -> str:
     """Builds `targets` and runs `tests` on the image's worker only; the images among the outputs
-    of `digests_of` must have the local build's digests."""
+    of `digests_of` must have the local build's digests. Returns the image's buildenv hash."""
     layout, buildenv = build_image(scratch)
     local_log = scratch / "worker-image-local.log"
     local = e2e.run_bazel(e2e.REPO, ["build", "--color=no", *targets], local_log)
@@ -176,16 +194,9 @@ def check(scratch: Path, targets: list[str], digests_of: str, tests: list[str]) 
     say(f"unpacked the image into {root} in {time.monotonic() - started:.0f} s")
     state = cluster.running_state(STATE)
     url = state["executor"].replace("grpc://", "http://")
-    saved = {
-        name: os.environ.get(name)
-        for name in ("BAZEL_REMOTE", cluster.BUILDENV_VARIABLE)
-    }
-    os.environ.update(
-        {"BAZEL_REMOTE": state["executor"], cluster.BUILDENV_VARIABLE: buildenv}
-    )
     startup = [f"--output_base={scratch / 'output_base_worker_image'}"]
-    try:
-        worker_log = scratch / "image-worker.log"
+    worker_log = scratch / "image-worker.log"
+    with remote_environment(buildenv):
         with ImageWorker(root, config, url, worker_log):
             executed = remote_build(
                 startup, "build", targets, scratch / "worker-image-build-remote.log"
@@ -212,10 +223,5 @@ def check(scratch: Path, targets: list[str], digests_of: str, tests: list[str]) 
                 f"({worker_log})"
             )
         e2e.run_bazel(e2e.REPO, [*startup, "shutdown"], scratch / "shutdown.log")
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
     say("the image's worker stopped, no process left in its root")
+    return buildenv
