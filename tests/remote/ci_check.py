@@ -54,8 +54,9 @@ from steps import (
 IMAGES = "//handlers/..."
 # The six images among the targets //handlers/... builds (as tests/reproducibility/check.py).
 IMAGE_TARGETS = 'kind("lambda_platform_image", //handlers/...)'
-# A moto-backed test and a test of the lock tool (python-debian): py_test actions remotely.
-TESTS = ["//packages/receipt_dynamo:client_test", "//tools/debian:lock_test"]
+# py_test actions remotely: the S3 tier of the cache server against moto's S3 server (a real
+# process on loopback) and the lock tool (python-debian). check.py runs the heavy chromadb ones.
+TESTS = ["//tests/cache:s3_tier_test", "//tools/debian:lock_test"]
 # The base image for this machine's CPU: a Debian root file system, its layer and the image.
 BASE_IMAGE = "//base:python"
 S3_CONFIG = REPO / "tools" / "buildenv" / "cluster" / "buildgrid-s3.yml"
