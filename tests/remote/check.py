@@ -160,7 +160,12 @@ def main() -> int:
             s3_cache(scratch)
         elif args.worker_image:
             tools_bazel("remote", "up", "--workers=1")
-            worker_image.check(scratch, ["//handlers/..."], "//handlers/...", TESTS)
+            worker_image.check(
+                scratch,
+                ["//handlers/..."],
+                'kind("lambda_platform_image", //handlers/...)',
+                TESTS,
+            )
         else:
             tools_bazel("remote", "up", "--workers=2")
             images_and_tests(scratch)
