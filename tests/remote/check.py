@@ -5,12 +5,15 @@
                                  # built remotely, a worker killed mid-build, digests compared
     tests/remote/check.py --s3   # BuildGrid's CAS and action cache in moto's S3: a cold build,
                                  # then a fresh server and output base build with 0 executed
+    tests/remote/check.py --worker-image   # the six images (arm64) and the tests built by the
+                                           # worker image's worker alone (worker_image.py)
 
 The remote builds use a fresh output base with no disk cache and `--noremote_accept_cached`, so
 every action runs on a worker; Bazel's process summary must count only `remote` (and `internal`,
 which is not a process) spawns. The local digests come from this work tree's own output base.
 It ends with the cluster stopped and no process left in the worker environment. Exits 0 when
-everything holds, 1 otherwise. Runs Bazel itself, so it can not be a `bazel test`.
+everything holds, 1 otherwise. Runs Bazel itself, so it can not be a `bazel test`. `.ci/run`
+runs the slimmer ci_check.py instead.
 """
 
 from __future__ import annotations
@@ -19,20 +22,26 @@ import argparse
 import importlib.util
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO / "tools" / "buildenv"), str(REPO / "tools" / "cache")]
-
-import e2e  # tools/cache/e2e.py: run_bazel, moto's S3
-import launcher
-from cluster import host as cluster
+import worker_image
+from steps import (
+    REMOTE_FLAGS,
+    REPO,
+    STATE,
+    CheckFailed,
+    build_killing_a_worker,
+    cluster,
+    e2e,
+    remote_build,
+    say,
+    stop_cluster,
+    tools_bazel,
+)
 
 
 def load_reproducibility():
@@ -45,116 +54,19 @@ def load_reproducibility():
 
 
 reproducibility = load_reproducibility()
-STATE = cluster.state_dir(launcher.cache_root())
-REMOTE_FLAGS = [
-    "--config=remote",
-    "--disk_cache=",
-    "--noremote_accept_cached",
-    "--symlink_prefix=/",  # leave the convenience symlinks of the work tree alone
-    "--color=no",
-    "--curses=no",
-]
 # Tests with moto's server and a real chromadb, and the launcher's own.
 TESTS = [
     "//tests/handlers:compact_embeddings_test",
     "//packages/receipt_dynamo:client_test",
     "//tools/buildenv:launcher_test",
 ]
-SPAWNS_THAT_ARE_NOT_LOCAL = {"remote", "internal"}
-
-
-class CheckFailed(Exception):
-    pass
-
-
-def say(message: str) -> None:
-    print(f"remote check: {message}", flush=True)
-
-
-def tools_bazel(*args: str) -> None:
-    result = subprocess.run(
-        [str(REPO / "tools" / "bazel"), *args], cwd=REPO, check=False
-    )
-    if result.returncode != 0:
-        raise CheckFailed(
-            f"`tools/bazel {' '.join(args)}` failed ({result.returncode})"
-        )
-
-
-def remote_build(
-    startup: list[str], command: str, targets: list[str], log: Path
-) -> e2e.BazelRun:
-    """A build or test with every action on the cluster; fails unless it passed all remotely."""
-    run = e2e.run_bazel(REPO, [*startup, command, *REMOTE_FLAGS, *targets], log)
-    if run.exit_code != 0:
-        raise CheckFailed(
-            f"`bazel {command}` failed ({run.exit_code}; {log}):\n{run.tail()}"
-        )
-    kinds = run.processes
-    local = {
-        kind: n for kind, n in kinds.items() if kind not in SPAWNS_THAT_ARE_NOT_LOCAL
-    }
-    if local or not kinds.get("remote"):
-        raise CheckFailed(
-            f"`bazel {command}` ran spawns that were not remote: {kinds} ({log})"
-        )
-    say(
-        f"{command}: {kinds['remote']} actions remote, none elsewhere, {run.seconds:.0f} s"
-    )
-    return run
-
-
-class WorkerKiller(threading.Thread):
-    """SIGKILLs the first worker seen running an action (BuildGrid's bots table says which)."""
-
-    def __init__(self, state: dict, done: threading.Event):
-        super().__init__(daemon=True)
-        self.state, self.done = state, done
-        self.killed: str | None = None
-
-    def run(self) -> None:
-        pids = {p["name"]: p["pid"] for p in self.state["processes"]}
-        while not self.done.is_set():
-            busy = [
-                row[0]
-                for row in cluster.query(self.state, cluster.BOTS_QUERY)
-                if row[1:2] == ["busy"]
-            ]
-            if busy:
-                os.kill(pids[busy[0]], signal.SIGKILL)
-                self.killed = busy[0]
-                say(f"killed {busy[0]} (pid {pids[busy[0]]}) while it ran an action")
-                return
-            self.done.wait(0.2)
-
-
-def restarts(name: str) -> int:
-    state = cluster.read_state(STATE)
-    return next(p["restarts"] for p in state["processes"] if p["name"] == name)
 
 
 def images_and_tests(scratch: Path) -> None:
     local = reproducibility.image_outputs(REPO, [], [])
     startup = [f"--output_base={scratch / 'output_base'}"]
-    state = cluster.running_state(STATE)
-    done = threading.Event()
-    killer = WorkerKiller(state, done)
-    killer.start()
-    try:
-        remote_build(startup, "build", reproducibility.TARGETS, scratch / "build.log")
-    finally:
-        done.set()
-        killer.join(timeout=60)
-    if killer.is_alive():
-        raise CheckFailed("the worker-killing thread did not finish within 60 s")
-    if killer.killed is None:
-        raise CheckFailed("no worker was seen running an action during the build")
-    if restarts(killer.killed) < 1:
-        raise CheckFailed(
-            f"{killer.killed} was killed but the supervisor did not restart it"
-        )
-    say(
-        f"the build succeeded although {killer.killed} was killed; the supervisor restarted it"
+    build_killing_a_worker(
+        startup, "build", reproducibility.TARGETS, scratch / "build.log"
     )
     remote = reproducibility.image_outputs(REPO, startup, REMOTE_FLAGS)
     different = [
@@ -222,23 +134,17 @@ def s3_cache(scratch: Path) -> None:
     say("warm build from S3 through a restarted BuildGrid: 0 actions executed")
 
 
-def stop_cluster() -> None:
-    state = cluster.read_state(STATE) or {}
-    tools_bazel("remote", "down")
-    left = cluster.processes_in(state.get("root", "")) if state.get("root") else []
-    if left:
-        raise CheckFailed(
-            f"processes left in the worker environment after `remote down`: {left}"
-        )
-    say("cluster stopped, no process left in the worker environment")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--s3", action="store_true", help="check BuildGrid's CAS on moto's S3 instead"
+    )
+    parser.add_argument(
+        "--worker-image",
+        action="store_true",
+        help="build the six images (arm64) and the tests on the worker image's worker instead",
     )
     parser.add_argument("--tmpdir", default="/tmp")
     args = parser.parse_args()
@@ -252,6 +158,14 @@ def main() -> int:
     try:
         if args.s3:
             s3_cache(scratch)
+        elif args.worker_image:
+            tools_bazel("remote", "up", "--workers=1")
+            worker_image.check(
+                scratch,
+                ["//handlers/..."],
+                'kind("lambda_platform_image", //handlers/...)',
+                TESTS,
+            )
         else:
             tools_bazel("remote", "up", "--workers=2")
             images_and_tests(scratch)

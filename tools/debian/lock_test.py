@@ -4,17 +4,19 @@ import shutil
 from pathlib import Path
 
 import pytest
+from debian.debian_support import Version
 
-from tools.debian import lock
+from tools.debian.lockfile import archive, pins, resolve, write
+from tools.debian.lockfile.errors import LockError
 
 TESTDATA = Path(__file__).parent / "testdata"
-MAIN = lock.Source("http://mirror.test/debian", "trixie")
-SECURITY = lock.Source("http://mirror.test/debian-security", "trixie-security")
+MAIN = archive.Source("http://mirror.test/debian", "trixie")
+SECURITY = archive.Source("http://mirror.test/debian-security", "trixie-security")
 
 
 @pytest.fixture
-def index() -> lock.Index:
-    index = lock.Index()
+def index() -> archive.Index:
+    index = archive.Index()
     index.add_paragraphs(MAIN, (TESTDATA / "Packages.main").read_text().splitlines())
     index.add_paragraphs(
         SECURITY, (TESTDATA / "Packages.security").read_text().splitlines()
@@ -37,7 +39,7 @@ def test_newest_version_across_sources_wins(index):
 
 
 def test_closure_follows_pre_depends_first_alternatives_and_provides(index):
-    resolution = lock.resolve(index, ["app"], "amd64")
+    resolution = resolve.resolve(index, ["app"], "amd64")
     assert list(resolution.packages) == [
         "app",
         "libc6",
@@ -49,7 +51,7 @@ def test_closure_follows_pre_depends_first_alternatives_and_provides(index):
 
 
 def test_maintainer_script_dependencies_are_excluded_and_recorded(index):
-    resolution = lock.resolve(index, ["app"], "amd64")
+    resolution = resolve.resolve(index, ["app"], "amd64")
     assert "debconf" not in resolution.packages
     assert "mawk" not in resolution.packages
     assert resolution.excluded == {"awk": ["app"], "debconf": ["app"]}
@@ -57,57 +59,59 @@ def test_maintainer_script_dependencies_are_excluded_and_recorded(index):
 
 def test_unsatisfiable_version_names_the_package_and_relation(index):
     with pytest.raises(
-        lock.LockError,
+        LockError,
         match=r"needs-newer-zlib 1\.0 \(amd64\) depends on 'zlib1g \(>= 1:2\.0\)'",
     ):
-        lock.resolve(index, ["needs-newer-zlib"], "amd64")
+        resolve.resolve(index, ["needs-newer-zlib"], "amd64")
 
 
 def test_unknown_root_is_an_error_naming_it(index):
     with pytest.raises(
-        lock.LockError,
+        LockError,
         match="'pyhton3' from base/debian_packages.in does not exist for amd64",
     ):
-        lock.resolve(index, ["pyhton3"], "amd64")
+        resolve.resolve(index, ["pyhton3"], "amd64")
 
 
 def test_excluded_root_is_an_error(index):
     with pytest.raises(
-        lock.LockError,
+        LockError,
         match="debconf is listed in base/debian_packages.in but excluded",
     ):
-        lock.resolve(index, ["debconf"], "amd64")
+        resolve.resolve(index, ["debconf"], "amd64")
 
 
 def test_version_constraints():
-    version = lock.Version("1:2.0-1")
-    assert lock.satisfies(version, (">=", "1:1.9"))
-    assert not lock.satisfies(version, ("<<", "1:2.0-1"))
-    assert lock.satisfies(version, ("=", "1:2.0-1"))
-    assert not lock.satisfies(version, (">>", "2:0"))
-    assert not lock.satisfies(None, (">=", "1"))
-    assert lock.satisfies(None, None)
+    version = Version("1:2.0-1")
+    assert resolve.satisfies(version, (">=", "1:1.9"))
+    assert not resolve.satisfies(version, ("<<", "1:2.0-1"))
+    assert resolve.satisfies(version, ("=", "1:2.0-1"))
+    assert not resolve.satisfies(version, (">>", "2:0"))
+    assert not resolve.satisfies(None, (">=", "1"))
+    assert resolve.satisfies(None, None)
 
 
 def test_package_list_ignores_comments_and_rejects_duplicates():
-    assert lock.parse_package_list("# runtime\nzlib1g  # compression\n\nlibc6\n") == [
+    assert resolve.parse_package_list(
+        "# runtime\nzlib1g  # compression\n\nlibc6\n"
+    ) == [
         "libc6",
         "zlib1g",
     ]
-    with pytest.raises(lock.LockError, match="lists libc6 more than once"):
-        lock.parse_package_list("libc6\nlibc6\n")
+    with pytest.raises(LockError, match="lists libc6 more than once"):
+        resolve.parse_package_list("libc6\nlibc6\n")
 
 
 def test_rendered_lock_is_sorted_and_names_its_generator(index):
     resolutions = {
-        "arm64": lock.resolve(index, ["zlib1g"], "arm64"),
-        "amd64": lock.resolve(index, ["app"], "amd64"),
+        "arm64": resolve.resolve(index, ["zlib1g"], "arm64"),
+        "amd64": resolve.resolve(index, ["app"], "amd64"),
     }
     releases = [
         {"date": "Sat, 21 Nov 2026 09:15:44 UTC", "suite": "trixie", "url": MAIN.url}
     ]
-    text = lock.render_lock(["app"], releases, resolutions)
-    assert text == lock.render_lock(
+    text = write.render_lock(["app"], releases, resolutions)
+    assert text == write.render_lock(
         ["app"], releases, dict(reversed(resolutions.items()))
     )
     data = json.loads(text)
@@ -130,10 +134,10 @@ def test_rendered_lock_is_sorted_and_names_its_generator(index):
 
 
 def test_release_date_and_checksums_come_from_the_signed_text():
-    text = lock.strip_clearsign(
+    text = archive.strip_clearsign(
         (TESTDATA / "trixie-updates.InRelease").read_bytes()
     ).decode()
-    date, checksums = lock.parse_release(text)
+    date, checksums = archive.parse_release(text)
     assert date.endswith("UTC")
     sha256, size = checksums["main/binary-arm64/Packages.xz"]
     assert len(sha256) == 64
@@ -143,7 +147,7 @@ def test_release_date_and_checksums_come_from_the_signed_text():
 def _keyring() -> str | None:
     if not (shutil.which("gpgv") or shutil.which("sqv")):
         return None
-    return next((path for path in lock.KEYRINGS if os.path.exists(path)), None)
+    return next((path for path in archive.KEYRINGS if os.path.exists(path)), None)
 
 
 @pytest.mark.skipif(
@@ -151,11 +155,75 @@ def _keyring() -> str | None:
 )
 def test_signature_check_accepts_the_archive_and_rejects_tampering():
     signed = (TESTDATA / "trixie-updates.InRelease").read_bytes()
-    content = lock.verified_content(signed, _keyring())
+    content = archive.verified_content(signed, _keyring())
     assert content.startswith(b"Origin: Debian\n")
     # gpgv keeps the newline before the signature armor, sqv does not (RFC 4880 drops it).
-    assert content.rstrip(b"\n") == lock.strip_clearsign(signed).rstrip(b"\n")
+    assert content.rstrip(b"\n") == archive.strip_clearsign(signed).rstrip(b"\n")
     tampered = signed.replace(b"Suite: stable-updates", b"Suite: stable-updatez")
     assert tampered != signed
-    with pytest.raises(lock.LockError, match="bad signature"):
-        lock.verified_content(tampered, _keyring())
+    with pytest.raises(LockError, match="bad signature"):
+        archive.verified_content(tampered, _keyring())
+
+
+PREFERENCES = """\
+# Everything from trixie, except what is pinned below.
+Package: *
+Pin: release n=forky
+Pin-Priority: 100
+
+# A comment between stanzas.
+Package: buildbox* libabsl* libgcc-s1
+Pin: release n=forky
+Pin-Priority: 990
+"""
+FORKY = archive.Source("http://mirror.test/debian", "forky")
+
+
+def pinned_index(preferences_text: str) -> archive.Index:
+    preferences = pins.Preferences(
+        tuple(pins.parse_preferences(preferences_text, "prefs"))
+    )
+    index = archive.Index(preferences=preferences)
+    for source, name in ((MAIN, "Packages.main"), (FORKY, "Packages.forky")):
+        index.add_paragraphs(source, (TESTDATA / name).read_text().splitlines())
+    index.finish()
+    return index
+
+
+def test_pinned_packages_come_from_forky_and_the_rest_from_trixie():
+    index = pinned_index(PREFERENCES)
+    resolution = resolve.resolve(index, ["buildbox"], "amd64")
+    suites = {name: c.suite for name, c in resolution.packages.items()}
+    assert suites == {
+        "buildbox": "forky",  # matches buildbox*
+        "libabsl20260526": "forky",
+        "libc6": "trixie",  # forky's is newer but only at priority 100
+        "libgcc-s1": "forky",  # named by the pin: forky's 16.x satisfies buildbox
+    }
+    assert str(resolution.packages["libgcc-s1"].version) == "16.1.0-1"
+
+
+def test_without_pins_the_highest_version_wins_and_unmet_versions_fail():
+    index = pinned_index("")
+    assert index.packages["libc6"].suite == "forky"
+    index = pinned_index(PREFERENCES.replace(" libgcc-s1", ""))
+    with pytest.raises(LockError, match=r"depends on 'libgcc-s1 \(>= 16\)'"):
+        resolve.resolve(index, ["buildbox"], "amd64")
+
+
+def test_the_worker_preferences_files_parse_and_pin_buildbox_to_forky():
+    buildenv = Path(__file__).parents[1] / "buildenv"
+    preferences = pins.read_preferences(
+        [buildenv / "apt-preferences", buildenv / "worker-apt-preferences"]
+    )
+    assert preferences.priority("buildbox", "forky") == 990
+    assert preferences.priority("libstdc++6", "forky") == 990
+    assert preferences.priority("python3", "forky") == 100
+    assert preferences.priority("python3", "trixie") == 500
+
+
+def test_a_pin_other_than_by_suite_name_is_an_error():
+    with pytest.raises(LockError, match="only `Pin: release n=SUITE`"):
+        pins.parse_preferences(
+            "Package: *\nPin: origin deb.debian.org\nPin-Priority: 100\n", "prefs"
+        )

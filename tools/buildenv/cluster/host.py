@@ -21,6 +21,9 @@ from rootfs import LauncherError, progress
 
 HERE = Path(__file__).resolve().parent
 REMOTE_VARIABLE = "BAZEL_REMOTE"
+# The `buildenv` property a BAZEL_REMOTE cluster's workers offer when they are not this work
+# tree's build environment: the worker image's (//tools/buildenv/worker:buildenv).
+BUILDENV_VARIABLE = "BAZEL_REMOTE_BUILDENV"
 CONFIG_FLAG = "--config=remote"
 SUPERVISOR_FILES = ("supervisor.py", "bgd_server.py", "buildgrid.yml")
 START_TIMEOUT = (
@@ -311,13 +314,17 @@ def asks_for_remote(argv: list[str]) -> bool:
 
 def bazelrc_lines(cache_root: Path, argv: list[str], buildenv: str) -> list[str]:
     """rc lines sending every action to the remote executor when `--config=remote` is given or
-    BAZEL_REMOTE is set, else []."""
+    BAZEL_REMOTE is set, else []. Actions ask for workers of `buildenv`, or of
+    BAZEL_REMOTE_BUILDENV with BAZEL_REMOTE (Bazel refuses the property twice on its command
+    line, so it can not be overridden there)."""
     executor = os.environ.get(REMOTE_VARIABLE)
     lines = []
     if executor:
-        lines.append(
-            "build --config=remote"
-        )  # BAZEL_REMOTE alone asks for remote execution
+        # BAZEL_REMOTE alone asks for remote execution; not twice, though: Bazel crashes on the
+        # config's exec properties given twice ("Multiple entries with same key").
+        if not asks_for_remote(argv):
+            lines.append("build --config=remote")
+        buildenv = os.environ.get(BUILDENV_VARIABLE) or buildenv
     elif asks_for_remote(argv):
         state = running_state(state_dir(cache_root))
         if not state:

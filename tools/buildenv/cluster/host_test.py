@@ -76,6 +76,25 @@ def test_bazel_remote_alone_turns_remote_execution_on(cache, monkeypatch):
     assert "build:remote --remote_executor=grpc://buildgrid.example:50051" in lines
 
 
+def test_bazel_remote_with_config_remote_adds_the_config_once(cache, monkeypatch):
+    monkeypatch.setenv(host.REMOTE_VARIABLE, "grpc://buildgrid.example:50051")
+    lines = host.bazelrc_lines(cache, ["build", "--config=remote", "//..."], "0123")
+    assert "build --config=remote" not in lines
+    assert "build:remote --remote_executor=grpc://buildgrid.example:50051" in lines
+
+
+def test_bazel_remote_buildenv_names_the_workers_of_another_environment(
+    cache, monkeypatch
+):
+    monkeypatch.setenv(host.REMOTE_VARIABLE, "grpc://buildgrid.example:50051")
+    monkeypatch.setenv(host.BUILDENV_VARIABLE, "165a9d7968c75d37")
+    lines = host.bazelrc_lines(cache, ["test", "//..."], "0123456789abcdef")
+    buildenv = [line for line in lines if "buildenv=" in line]
+    assert buildenv == [
+        "build:remote --remote_default_exec_properties=buildenv=165a9d7968c75d37"
+    ]
+
+
 def test_the_cluster_environment_is_cleared_but_for_buildgrid_and_aws(monkeypatch):
     monkeypatch.setenv("PIP_CERT", "/host/only.pem")
     monkeypatch.setenv("BUILDGRID_S3_BUCKET", "cas")
