@@ -20,27 +20,25 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
-import shutil
-import subprocess
 import sys
 import tempfile
-import urllib.request
 from pathlib import Path
 
 import worker_image
 from steps import (
     REMOTE_FLAGS,
     REPO,
-    STATE,
+    S3_CONFIG,
     CheckFailed,
     build_killing_a_worker,
-    cluster,
+    clean_up,
+    cluster_already_running,
     e2e,
     remote_build,
     say,
     stop_cluster,
     tools_bazel,
+    use_moto_for_buildgrid,
 )
 
 
@@ -91,23 +89,9 @@ def s3_cache(scratch: Path) -> None:
     then build the images with every action result from S3's action cache: 0 executed."""
     targets = ["//handlers/..."]
     with e2e.Services(scratch) as services:
-        # The action cache needs a bucket of its own (see buildgrid-s3.yml); moto makes one on
-        # an unsigned PUT.
-        action_cache_bucket = "buildgrid-action-cache"
-        urllib.request.urlopen(
-            urllib.request.Request(
-                f"{services.endpoint_url}/{action_cache_bucket}", method="PUT"
-            ),
-            timeout=60,
-        ).close()
-        os.environ.update(
-            BUILDGRID_S3_ENDPOINT=services.endpoint_url,
-            BUILDGRID_S3_BUCKET=e2e.BUCKET,
-            BUILDGRID_S3_ACTION_CACHE_BUCKET=action_cache_bucket,
-        )
-        config = REPO / "tools" / "buildenv" / "cluster" / "buildgrid-s3.yml"
+        use_moto_for_buildgrid(services)
         for attempt, check in (("cold", "executed"), ("warm", "cached")):
-            tools_bazel("remote", "up", "--workers=2", f"--config={config}")
+            tools_bazel("remote", "up", "--workers=2", f"--config={S3_CONFIG}")
             startup = [f"--output_base={scratch / ('output_base_' + attempt)}"]
             flags = [
                 flag for flag in REMOTE_FLAGS if flag != "--noremote_accept_cached"
@@ -148,11 +132,7 @@ def main() -> int:
     )
     parser.add_argument("--tmpdir", default="/tmp")
     args = parser.parse_args()
-    if cluster.running_state(STATE):
-        print(
-            "remote check: a cluster already runs; stop it first (tools/bazel remote down)",
-            file=sys.stderr,
-        )
+    if cluster_already_running():
         return 1
     scratch = Path(tempfile.mkdtemp(prefix="remote-check-", dir=args.tmpdir))
     try:
@@ -173,21 +153,9 @@ def main() -> int:
         return 0
     except (CheckFailed, e2e.CheckFailed) as error:
         print(f"remote check: FAILED: {error}", file=sys.stderr)
-        if cluster.running_state(STATE):
-            subprocess.run(
-                [str(REPO / "tools" / "bazel"), "remote", "down"], cwd=REPO, check=False
-            )
         return 1
     finally:
-        for base in scratch.glob("output_base*"):
-            subprocess.run(
-                [str(REPO / "tools" / "bazel"), f"--output_base={base}", "shutdown"],
-                cwd=REPO,
-                capture_output=True,
-                check=False,
-            )
-        subprocess.run(["chmod", "-R", "u+w", str(scratch)], check=False)
-        shutil.rmtree(scratch, ignore_errors=True)
+        clean_up(scratch)
 
 
 if __name__ == "__main__":

@@ -26,29 +26,27 @@ Exits 0 when everything holds, 1 otherwise.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import worker_image
 from steps import (
     REMOTE_FLAGS,
     REPO,
-    STATE,
+    S3_CONFIG,
     CheckFailed,
     build_killing_a_worker,
-    cluster,
+    clean_up,
+    cluster_already_running,
     compare,
     e2e,
     image_digests,
     say,
     stop_cluster,
     tools_bazel,
+    use_moto_for_buildgrid,
 )
 
 IMAGES = "//handlers/..."
@@ -59,29 +57,11 @@ IMAGE_TARGETS = 'kind("lambda_platform_image", //handlers/...)'
 TESTS = ["//tests/cache:s3_tier_test", "//tools/debian:lock_test"]
 # The base image for this machine's CPU: a Debian root file system, its layer and the image.
 BASE_IMAGE = "//base:python"
-S3_CONFIG = REPO / "tools" / "buildenv" / "cluster" / "buildgrid-s3.yml"
-ACTION_CACHE_BUCKET = "buildgrid-action-cache"
 
 
 def start_cluster(config: Path | None = None) -> None:
     tools_bazel(
         "remote", "up", "--workers=2", *([f"--config={config}"] if config else [])
-    )
-
-
-def use_moto_for_buildgrid(services: e2e.Services) -> None:
-    # The action cache needs a bucket of its own (see buildgrid-s3.yml); moto makes one on an
-    # unsigned PUT.
-    urllib.request.urlopen(
-        urllib.request.Request(
-            f"{services.endpoint_url}/{ACTION_CACHE_BUCKET}", method="PUT"
-        ),
-        timeout=60,
-    ).close()
-    os.environ.update(
-        BUILDGRID_S3_ENDPOINT=services.endpoint_url,
-        BUILDGRID_S3_BUCKET=e2e.BUCKET,
-        BUILDGRID_S3_ACTION_CACHE_BUCKET=ACTION_CACHE_BUCKET,
     )
 
 
@@ -161,11 +141,7 @@ def main() -> int:
     )
     parser.add_argument("--tmpdir", default="/tmp")
     args = parser.parse_args()
-    if cluster.running_state(STATE):
-        print(
-            "remote check: a cluster already runs; stop it first (tools/bazel remote down)",
-            file=sys.stderr,
-        )
+    if cluster_already_running():
         return 1
     started = time.monotonic()
     scratch = Path(tempfile.mkdtemp(prefix="remote-ci-check-", dir=args.tmpdir))
@@ -177,19 +153,7 @@ def main() -> int:
         print(f"remote check: FAILED: {error}", file=sys.stderr)
         return 1
     finally:
-        if cluster.running_state(STATE):
-            subprocess.run(
-                [str(REPO / "tools" / "bazel"), "remote", "down"], cwd=REPO, check=False
-            )
-        for base in scratch.glob("output_base*"):
-            subprocess.run(
-                [str(REPO / "tools" / "bazel"), f"--output_base={base}", "shutdown"],
-                cwd=REPO,
-                capture_output=True,
-                check=False,
-            )
-        subprocess.run(["chmod", "-R", "u+w", str(scratch)], check=False)
-        shutil.rmtree(scratch, ignore_errors=True)
+        clean_up(scratch)
 
 
 if __name__ == "__main__":

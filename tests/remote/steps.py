@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,6 +30,9 @@ REMOTE_FLAGS = [
     "--curses=no",
 ]
 SPAWNS_THAT_ARE_NOT_LOCAL = {"remote", "internal"}
+# BuildGrid with its CAS and action cache in S3 (the LRU tier in front is empty after a restart).
+S3_CONFIG = REPO / "tools" / "buildenv" / "cluster" / "buildgrid-s3.yml"
+ACTION_CACHE_BUCKET = "buildgrid-action-cache"
 
 
 class CheckFailed(Exception):
@@ -193,3 +198,49 @@ def stop_cluster() -> None:
             f"processes left in the worker environment after `remote down`: {left}"
         )
     say("cluster stopped, no process left in the worker environment")
+
+
+def use_moto_for_buildgrid(services: e2e.Services) -> None:
+    """Points S3_CONFIG's variables at moto's server, with the buckets it needs."""
+    # The action cache needs a bucket of its own (see buildgrid-s3.yml); moto makes one on an
+    # unsigned PUT.
+    urllib.request.urlopen(
+        urllib.request.Request(
+            f"{services.endpoint_url}/{ACTION_CACHE_BUCKET}", method="PUT"
+        ),
+        timeout=60,
+    ).close()
+    os.environ.update(
+        BUILDGRID_S3_ENDPOINT=services.endpoint_url,
+        BUILDGRID_S3_BUCKET=e2e.BUCKET,
+        BUILDGRID_S3_ACTION_CACHE_BUCKET=ACTION_CACHE_BUCKET,
+    )
+
+
+def cluster_already_running() -> bool:
+    """True, saying so, when a cluster runs: a check starts and stops its own."""
+    if not cluster.running_state(STATE):
+        return False
+    print(
+        "remote check: a cluster already runs; stop it first (tools/bazel remote down)",
+        file=sys.stderr,
+    )
+    return True
+
+
+def clean_up(scratch: Path) -> None:
+    """Stops a cluster a failed check left running, the Bazel servers of the scratch output
+    bases, and removes the scratch directory."""
+    if cluster.running_state(STATE):
+        subprocess.run(
+            [str(REPO / "tools" / "bazel"), "remote", "down"], cwd=REPO, check=False
+        )
+    for base in scratch.glob("output_base*"):
+        subprocess.run(
+            [str(REPO / "tools" / "bazel"), f"--output_base={base}", "shutdown"],
+            cwd=REPO,
+            capture_output=True,
+            check=False,
+        )
+    subprocess.run(["chmod", "-R", "u+w", str(scratch)], check=False)
+    shutil.rmtree(scratch, ignore_errors=True)

@@ -176,12 +176,13 @@ def _is_third_party(file):
 def py_layer_impl(ctx):
     """py_layer's implementation; tests reuse it with another layer tool."""
     wheels, installed = _wheels(ctx.attr.deps)
-    excluded_wheels, excluded_installed = _wheels(ctx.attr.exclude)
+
+    # The excluded targets' runfiles hold their installed trees already.
+    excluded_wheels, _ = _wheels(ctx.attr.exclude)
     excluded = {
         file: None
         for file in depset(
-            transitive = [dep[DefaultInfo].default_runfiles.files for dep in ctx.attr.exclude] +
-                         [installed, excluded_installed],
+            transitive = [dep[DefaultInfo].default_runfiles.files for dep in ctx.attr.exclude] + [installed],
         ).to_list()
     }
     files = []

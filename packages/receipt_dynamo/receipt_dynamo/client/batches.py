@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from botocore.exceptions import ClientError
 
 from receipt_dynamo.client.codec import (
     Page,
-    decode_page_token,
-    encode_page_token,
     serialize,
 )
 from receipt_dynamo.client.table import Table, is_conditional_failure
@@ -87,20 +83,10 @@ class BatchSummaries(Table):
         limit: int | None = None,
         next_token: str | None = None,
     ) -> Page[BatchSummary]:
-        query: dict[str, Any] = {
-            "IndexName": "GSI1",
-            "KeyConditionExpression": "GSI1PK = :pk AND begins_with(GSI1SK, :type)",
-            "ExpressionAttributeValues": serialize(
-                {
-                    ":pk": f"STATUS#{BatchStatus(status).value}",
-                    ":type": f"BATCH_TYPE#{BatchType(batch_type).value}#",
-                }
-            ),
-        }
-        if limit is not None:
-            query["Limit"] = limit
-        start = decode_page_token(next_token)
-        if start:
-            query["ExclusiveStartKey"] = start
-        items, last = next(self._query_pages(**query))
-        return Page([BatchSummary.from_item(i) for i in items], encode_page_token(last))
+        items, token = self._gsi1_page(
+            f"STATUS#{BatchStatus(status).value}",
+            f"BATCH_TYPE#{BatchType(batch_type).value}#",
+            limit,
+            next_token,
+        )
+        return Page([BatchSummary.from_item(i) for i in items], token)

@@ -9,8 +9,6 @@ from botocore.exceptions import ClientError
 
 from receipt_dynamo.client.codec import (
     Page,
-    decode_page_token,
-    encode_page_token,
     serialize,
 )
 from receipt_dynamo.client.table import Table, is_conditional_failure
@@ -66,23 +64,12 @@ class ReceiptQueries(Table):
         limit: int | None,
         next_token: str | None,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        query: dict[str, Any] = {
-            "IndexName": "GSI1",
-            "KeyConditionExpression": "GSI1PK = :pk AND begins_with(GSI1SK, :type)",
-            "ExpressionAttributeValues": serialize(
-                {
-                    ":pk": f"EMBEDDING_STATUS#{EmbeddingStatus(status).value}",
-                    ":type": f"{item_type}#",
-                }
-            ),
-        }
-        if limit is not None:
-            query["Limit"] = limit
-        start = decode_page_token(next_token)
-        if start:
-            query["ExclusiveStartKey"] = start
-        items, last = next(self._query_pages(**query))
-        return items, encode_page_token(last)
+        return self._gsi1_page(
+            f"EMBEDDING_STATUS#{EmbeddingStatus(status).value}",
+            f"{item_type}#",
+            limit,
+            next_token,
+        )
 
     def list_lines_by_embedding_status(
         self,

@@ -9,7 +9,12 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 
-from receipt_dynamo.client.codec import deserialize, serialize
+from receipt_dynamo.client.codec import (
+    decode_page_token,
+    deserialize,
+    encode_page_token,
+    serialize,
+)
 
 BATCH_WRITE_SIZE = 25
 BATCH_GET_SIZE = 100
@@ -125,6 +130,24 @@ class Table:
             if not last:
                 return
             query["ExclusiveStartKey"] = last
+
+    def _gsi1_page(
+        self, pk: str, sk_prefix: str, limit: int | None, next_token: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of the GSI1 items under `pk` whose sort key starts with `sk_prefix`, and the
+        token of the next page (None after the last)."""
+        query: dict[str, Any] = {
+            "IndexName": "GSI1",
+            "KeyConditionExpression": "GSI1PK = :pk AND begins_with(GSI1SK, :prefix)",
+            "ExpressionAttributeValues": serialize({":pk": pk, ":prefix": sk_prefix}),
+        }
+        if limit is not None:
+            query["Limit"] = limit
+        start = decode_page_token(next_token)
+        if start:
+            query["ExclusiveStartKey"] = start
+        items, last = next(self._query_pages(**query))
+        return items, encode_page_token(last)
 
     def query_all(self, **query: Any) -> list[dict[str, Any]]:
         """Every page of a query on this table, deserialized."""
