@@ -4,11 +4,14 @@ goes through launcher.py whenever anything that file depends on has changed.
 Each test runs the real tools/bazel (sh) from a scratch work tree. "Bazel" is a script that
 prints its arguments and working directory; "the server" is this test process (joining its own
 mount namespace with nsenter is a no-op); the work tree's launcher.py is a stand-in that reports
-the slow path, so a test sees which way tools/bazel went.
+the slow path, so a test sees which way tools/bazel went. A recorded command's "Bazel" copies a
+real build event file to where it was asked to write one.
 """
 
 import os
+import re
 import shutil
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -17,6 +20,8 @@ import launcher
 import pytest
 
 ENTRY = Path(launcher.__file__).resolve().parent.parent / "bazel"
+RECORDER = ("record.py", "bep.py", "images.py", "store.py")
+EVENTS = ENTRY.parent / "metrics" / "tests" / "testdata" / "incremental_build.bep.json"
 
 
 @pytest.fixture
@@ -26,12 +31,31 @@ def setup(tmp_path, monkeypatch):
         source = ENTRY.parent.parent / name
         (workspace / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(source, workspace / name)
+    (workspace / "tools" / "metrics").mkdir()
+    for name in RECORDER:
+        shutil.copy(
+            ENTRY.parent / "metrics" / name, workspace / "tools" / "metrics" / name
+        )
     (workspace / "pkg").mkdir()
+    # The fixture's image outputs are on the machine that made it: point them nowhere.
+    events = tmp_path / "events.json"
+    events.write_text(
+        re.sub(
+            r"file://[^\"]*/manifest\.json",
+            "file:///gone/manifest.json",
+            EVENTS.read_text(),
+        )
+    )
     home = tmp_path / "home"
     home.mkdir()
     bin_dir = tmp_path / "bin"  # the build environment's PATH
     bin_dir.mkdir()
-    (bin_dir / "bazel").write_text('#!/bin/sh\necho "fast: $(pwd) $*"\n')
+    (bin_dir / "bazel").write_text(
+        "#!/bin/sh\n"
+        'echo "fast: $(pwd) $*"\n'
+        'for arg; do case $arg in --build_event_json_file=*) cp "$EVENTS" "${arg#*=}" ;; esac; done\n'
+        'exit "${STATUS:-0}"\n'
+    )
     host_bin = tmp_path / "host-bin"  # the user's PATH
     host_bin.mkdir()
     (bin_dir / "bazel").chmod(0o755)
@@ -48,6 +72,9 @@ def setup(tmp_path, monkeypatch):
         "nsenter",
         "pwd",
         "python3",
+        "mkdir",
+        "setpriv",
+        "cp",
     )
     for tool in tools:
         found = shutil.which(tool)
@@ -67,12 +94,13 @@ def setup(tmp_path, monkeypatch):
     root = Path(os.readlink("/proc/self/root"))
     launcher.write_fast_path(root, base, ["--output_user_root=/x y", "--bazelrc=/rc"])
 
-    def run(*args, env=None, cwd=workspace):
+    def run(*args, env=None, cwd=workspace, status=0, stderr=None):
         environment = {
             "PATH": str(host_bin),
             "HOME": str(home),
             "XDG_CACHE_HOME": str(cache),
             "XDG_CONFIG_HOME": str(tmp_path / "config"),
+            "EVENTS": str(events),
             **(env or {}),
         }
         result = subprocess.run(
@@ -84,7 +112,9 @@ def setup(tmp_path, monkeypatch):
             timeout=60,
             check=False,
         )
-        assert result.returncode == 0, result.stderr
+        assert result.returncode == status, result.stderr
+        if stderr is not None:
+            assert result.stderr == stderr
         return result.stdout.strip()
 
     return workspace, base, tmp_path, run
@@ -100,15 +130,45 @@ def test_valid_fast_path_runs_bazel_directly_in_the_working_directory(setup):
     )
 
 
-def test_builds_take_the_fast_path_only_when_metrics_are_off(setup):
+@pytest.mark.parametrize("command", ["build", "test", "coverage"])
+def test_builds_on_the_fast_path_record_their_metrics(setup, command):
+    workspace, _, tmp_path, run = setup
+    pending = tmp_path / "cache" / "receipt-lambdas" / "metrics" / "pending"
+    out = run(
+        command,
+        "//...",
+        env={"STATUS": "3"},
+        status=3,
+        stderr="3 actions (0 cached, 3 run) in 25.0 s, cache hit rate 0%\n",
+    )
+    assert re.fullmatch(
+        f"fast: {workspace} --output_user_root=/x y --bazelrc=/rc {command} "
+        f"--build_event_json_file={pending}/[0-9]+\\.bep\\.json //...",
+        out,
+    )
+    history = sqlite3.connect(pending.parent / "history.sqlite3")
+    assert history.execute("SELECT command, kind, success FROM builds").fetchall() == [
+        ("build", "incremental", 1)  # what the fixture's build did
+    ]
+    assert list(pending.iterdir()) == [], "the events file is recorded, then removed"
+
+
+def test_run_goes_through_the_launcher_unless_metrics_are_off(setup):
     workspace, _, _, run = setup
+    assert run("run", "//:push").startswith("slow: "), (
+        "the launcher collects push numbers"
+    )
     for command in ("build", "test", "run", "coverage"):
-        assert run(command, "//...").startswith("slow: "), (
-            f"{command}: the launcher records its build metrics"
-        )
-        assert run(command, "//...", env={"BUILD_METRICS": "0"}) == (
+        assert run(command, "//...", env={"BUILD_METRICS": "0"}, stderr="") == (
             f"fast: {workspace} --output_user_root=/x y --bazelrc=/rc {command} //..."
         )
+
+
+def test_a_users_own_event_file_goes_through_the_launcher(setup):
+    _, _, _, run = setup
+    assert run("build", "--build_event_json_file=/tmp/mine.json", "//...").startswith(
+        "slow: "
+    )
 
 
 @pytest.mark.parametrize(

@@ -366,7 +366,11 @@ def main(argv: list[str]) -> int:
             command = [*namespace_command(), "sh", "-c", script, "tools/bazel"]
             command += [*startup, *argv]
         if recording:
-            return recording.run(command, env)
+            import child  # only recorded commands outlive Bazel
+
+            status = child.run_as_if_executed(command, {**env, **recording.env})
+            recording.finish()
+            return status
         os.execvpe(command[0], command, env)
     except LauncherError as error:
         print(f"tools/bazel: {error}", file=sys.stderr)

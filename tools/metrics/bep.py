@@ -6,10 +6,10 @@ the fixtures). Only the standard library: the launcher runs this on the host's p
 """
 
 import base64
-import dataclasses
 import json
 import re
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import unquote, urlparse
 
 # runnerCount names that are not actions a user waits for: "total" sums the others and
@@ -28,14 +28,14 @@ class BepError(Exception):
     """The file is not a complete build event stream."""
 
 
-@dataclasses.dataclass
-class ImageOutput:
+# NamedTuples rather than dataclasses: this module runs after every build, and importing
+# dataclasses costs more than parsing a no-op build's events.
+class ImageOutput(NamedTuple):
     label: str
     manifest: Path  # config.json and, when built, layout/ are its siblings
 
 
-@dataclasses.dataclass
-class BuildSummary:
+class BuildSummary(NamedTuple):
     invocation_id: str
     started_at: float  # seconds since the epoch
     command: str
@@ -55,7 +55,7 @@ class BuildSummary:
     action_cache_not_cached: int = 0
     tests_passed: int = 0
     tests_failed: int = 0
-    images: list[ImageOutput] = dataclasses.field(default_factory=list)
+    images: tuple[ImageOutput, ...] = ()
 
     @property
     def cached(self) -> int:
@@ -187,7 +187,20 @@ def parse(path: Path) -> BuildSummary:
         timing.get("wallTimeInMs", int(finished["finishTimeMillis"]) - start_ms)
     )
     exit_code = finished.get("exitCode", {}).get("name", "SUCCESS")
-    summary = BuildSummary(
+    actions = metrics.get("actionSummary", {})
+    runners = {"remote cache hit": 0, "disk cache hit": 0, "Remote": 0, "local": 0}
+    for runner in actions.get("runnerCount", []):
+        name, count = runner.get("name", ""), int(runner.get("count", 0))
+        if name in NOT_ACTIONS:
+            continue
+        if name in ("remote cache hit", "disk cache hit"):
+            runners[name] += count
+        elif runner.get("execKind") == "Remote":
+            runners["Remote"] += count
+        else:
+            runners["local"] += count
+    cache = actions.get("actionCacheStatistics", {})
+    return BuildSummary(
         invocation_id=started["uuid"],
         started_at=start_ms / 1000,
         command=started["command"],
@@ -197,30 +210,17 @@ def parse(path: Path) -> BuildSummary:
         exit_code=exit_code,
         wall_seconds=wall_ms / 1000,
         critical_path_seconds=critical_path,
+        remote_cache_hits=runners["remote cache hit"],
+        disk_cache_hits=runners["disk cache hit"],
+        local_actions=runners["local"],
+        remote_actions=runners["Remote"],
+        action_cache_checked=int(cache.get("hits", 0)) + int(cache.get("misses", 0)),
+        action_cache_not_cached=sum(
+            int(detail.get("count", 0))
+            for detail in cache.get("missDetails", [])
+            if detail.get("reason") == "NOT_CACHED"
+        ),
         tests_passed=tests_passed,
         tests_failed=tests_failed,
-        images=images,
+        images=tuple(images),
     )
-    actions = metrics.get("actionSummary", {})
-    for runner in actions.get("runnerCount", []):
-        name, count = runner.get("name", ""), int(runner.get("count", 0))
-        if name in NOT_ACTIONS:
-            continue
-        if name == "remote cache hit":
-            summary.remote_cache_hits += count
-        elif name == "disk cache hit":
-            summary.disk_cache_hits += count
-        elif runner.get("execKind") == "Remote":
-            summary.remote_actions += count
-        else:
-            summary.local_actions += count
-    cache = actions.get("actionCacheStatistics", {})
-    summary.action_cache_checked = int(cache.get("hits", 0)) + int(
-        cache.get("misses", 0)
-    )
-    summary.action_cache_not_cached = sum(
-        int(detail.get("count", 0))
-        for detail in cache.get("missDetails", [])
-        if detail.get("reason") == "NOT_CACHED"
-    )
-    return summary

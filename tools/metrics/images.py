@@ -4,12 +4,11 @@ digest, architecture, and each layer's compressed and uncompressed size.
 Standard library only (runs in the launcher on the host's python3).
 """
 
-import dataclasses
-import hashlib
 import json
 import re
 import struct
 from pathlib import Path
+from typing import NamedTuple
 
 # The label in a layer's history entry, e.g. "py_layer //base:site_packages_ml (third-party
 # packages)" or "tar rootfs_arm64.tar of //base:rootfs_arm64".
@@ -21,16 +20,15 @@ PLAIN_TAR_LAYERS = (
 )
 
 
-@dataclasses.dataclass
-class Layer:
+# NamedTuples, not dataclasses, for the import cost (see bep.py).
+class Layer(NamedTuple):
     digest: str
     compressed_bytes: int
     uncompressed_bytes: int | None  # None when the blob is not on disk
     name: str  # the Bazel label that made it, or its history text
 
 
-@dataclasses.dataclass
-class Image:
+class Image(NamedTuple):
     label: str
     digest: str  # sha256 of the manifest: the digest a registry reports
     architecture: str
@@ -88,11 +86,15 @@ def read_image(label: str, manifest_path: Path) -> Image:
             )
         )
     digest_file = manifest_path.parent / "digest"
+    if digest_file.is_file():  # tools/oci writes it
+        digest = digest_file.read_text().strip()
+    else:
+        import hashlib  # here: loading OpenSSL costs more than a build's recording otherwise
+
+        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
     return Image(
         label=label,
-        digest=digest_file.read_text().strip()
-        if digest_file.is_file()
-        else "sha256:" + hashlib.sha256(raw).hexdigest(),
+        digest=digest,
         architecture=config.get("architecture", ""),
         layers=layers,
     )

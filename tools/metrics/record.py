@@ -1,19 +1,24 @@
 """What tools/bazel does around build, test, run and coverage: asks Bazel for its build event
-file, runs it, stores a summary row in the history and prints one line:
+file and, once Bazel is done, stores a summary row in the history and prints one line:
 `N actions (M cached, K run) in T s, cache hit rate P%`.
 
+launcher.py uses Recording. tools/bazel's fast path (sh) has Bazel write the file into the
+history's pending directory itself, then runs this file with the file's path (main).
 BUILD_METRICS=0 turns this off. A metrics problem never changes the command's exit status: it
-prints one warning line. Standard library only: this runs on the host's python3.
+prints one warning line. Standard library only: this runs on the host's python3 after every
+build, so it imports no more than recording needs.
 """
 
-import ctypes
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+if (
+    __name__ == "__main__"
+):  # run by path from tools/bazel: the work tree is three levels up
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tools.metrics import bep, images, store
 
@@ -81,11 +86,22 @@ class Recording:
             return None
         return cls(argv, index, directory, workspace)
 
-    def run(self, command: list[str], env: dict[str, str]) -> int:
-        """Runs `command` (which must pass `bazel_args` to Bazel) and records it; returns its
-        exit status."""
-        env = {**env, PUSH_FILE_VARIABLE: str(self.push_file)}
-        status = run_as_if_executed(command, env)
+    @classmethod
+    def of_events(cls, events: Path, workspace: Path) -> "Recording":
+        """The recording of a command that has written `events`, a file in the history's
+        pending directory (tools/bazel's fast path)."""
+        recording = cls([], 0, events.parent.parent, workspace)
+        recording.events = events
+        return recording
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What the command's environment needs on top of the user's: where `bazel run
+        //:push` writes its numbers."""
+        return {PUSH_FILE_VARIABLE: str(self.push_file)}
+
+    def finish(self) -> None:
+        """Records the finished command, or warns why not; removes the files it leaves."""
         try:
             self.record()
         except Exception as error:  # noqa: BLE001 - metrics must never fail the build
@@ -94,7 +110,6 @@ class Recording:
             if not self.users_events:
                 self.events.unlink(missing_ok=True)
             self.push_file.unlink(missing_ok=True)
-        return status
 
     def record(self) -> None:
         if not self.events.exists():
@@ -123,43 +138,6 @@ class Recording:
         print(summary.summary_line(), file=sys.stderr, flush=True)
 
 
-def run_as_if_executed(command: list[str], env: dict[str, str]) -> int:
-    """Runs `command` as a child that behaves as if tools/bazel had exec'd it: SIGTERM and
-    SIGHUP sent to us reach it, so does SIGINT unless the terminal already sent it to our whole
-    process group (Ctrl-C), and it gets SIGTERM if we die (callers such as tools/cache/e2e.py
-    stop a `tools/bazel run` server by signalling the pid they started). Returns its exit
-    status, 128 + N when signal N ended it, as a shell would report."""
-    # The launcher has one thread, so preexec_fn is safe here.
-    child = subprocess.Popen(command, env=env, preexec_fn=_terminate_with_parent)  # noqa: PLW1509
-
-    def forward(signum, _frame):
-        if signum != signal.SIGINT or not _in_terminal_foreground():
-            child.send_signal(signum)
-
-    forwarded = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
-    previous = {signum: signal.signal(signum, forward) for signum in forwarded}
-    try:
-        status = child.wait()
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    return 128 - status if status < 0 else status
-
-
-def _terminate_with_parent() -> None:
-    # prctl(PR_SET_PDEATHSIG, SIGTERM): survives the exec chain unshare/nsenter -> sh -> chroot
-    # -> bazel (-> the `bazel run` program), which keeps one pid.
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
-
-
-def _in_terminal_foreground() -> bool:
-    try:
-        with open("/dev/tty", "rb") as tty:
-            return os.tcgetpgrp(tty.fileno()) == os.getpgrp()
-    except OSError:
-        return False
-
-
 def add_push_file(connection, path: Path, build_id: int | None) -> int:
     """Stores the numbers tools/push wrote to `path` (see tools/push/report.py write_metrics)."""
     data = json.loads(path.read_text())
@@ -185,14 +163,40 @@ def add_push_file(connection, path: Path, build_id: int | None) -> int:
 
 
 def git_commit(workspace: Path) -> str | None:
+    """HEAD's commit, or None outside a git work tree. Spawned with os.posix_spawnp: importing
+    subprocess would cost more than the call, and this runs after every build."""
+    read, write = os.pipe()
     try:
-        result = subprocess.run(
+        pid = os.posix_spawnp(
+            "git",
             ["git", "-C", str(workspace), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
+            os.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, write, 1),
+                (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
+            ],
         )
-    except (OSError, subprocess.TimeoutExpired):
+    except OSError:
+        os.close(read)
         return None
-    return result.stdout.strip() if result.returncode == 0 else None
+    finally:
+        os.close(write)
+    with open(read, encoding="utf-8", errors="replace") as stdout:
+        output = stdout.read().strip()
+    status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    return output if status == 0 and output else None
+
+
+def main(argv: list[str]) -> int:
+    """`record.py EVENTS`: tools/bazel's fast path ran Bazel with --build_event_json_file=EVENTS,
+    a file in the history's pending directory; records it as launcher.py would have."""
+    if len(argv) != 1:
+        print("usage: record.py BUILD_EVENTS_JSON_FILE", file=sys.stderr)
+        return 2
+    workspace = Path(__file__).resolve().parents[2]
+    Recording.of_events(Path(argv[0]).absolute(), workspace).finish()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -81,7 +81,7 @@ def test_test_command_counts_test_results():
     summary = parse("test")
     assert summary.command == "test"
     assert (summary.tests_passed, summary.tests_failed) == (2, 0)
-    assert summary.images == []
+    assert summary.images == ()
 
 
 def test_truncated_file_is_an_error_naming_the_missing_event(tmp_path):

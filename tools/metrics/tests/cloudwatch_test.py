@@ -43,10 +43,9 @@ def connection(tmp_path):
     for minutes, name in enumerate(
         ("cold_build", "incremental_build", "failed_build", "amd64_build")
     ):
-        summary = bep.parse(TESTDATA / f"{name}.bep.json")
-        summary.started_at = (
-            NOW - datetime.timedelta(minutes=50 - minutes)
-        ).timestamp()
+        summary = bep.parse(TESTDATA / f"{name}.bep.json")._replace(
+            started_at=(NOW - datetime.timedelta(minutes=50 - minutes)).timestamp()
+        )
         store.add_build(connection, summary, None, [])
     store.add_push(
         connection,

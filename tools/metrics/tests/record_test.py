@@ -1,10 +1,9 @@
 """What tools/bazel does around a recorded command: the flag it adds, the row and line after the
 command, the push numbers, and that a metrics problem never changes the exit status."""
 
-import contextlib
 import os
 import re
-import signal
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,9 +24,16 @@ def cache_home(monkeypatch, tmp_path):
     return tmp_path / "cache"
 
 
-def fake_bazel(script: str) -> list[str]:
-    """A command standing in for Bazel: a Python snippet with the recording's paths."""
-    return [sys.executable, "-c", script]
+def run_recorded(recording: record.Recording, script: str) -> int:
+    """Runs a Python snippet standing in for Bazel with the recording's environment, then
+    finishes the recording, as tools/bazel does; returns the snippet's exit status."""
+    bazel = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, **recording.env},
+        check=False,
+    )
+    recording.finish()
+    return bazel.returncode
 
 
 def fixture_without_outputs(name: str, tmp_path: Path) -> Path:
@@ -86,11 +92,9 @@ def test_run_records_a_row_prints_the_line_and_keeps_the_exit_status(
 ):
     recording = record.Recording.start(["build", "//handlers/..."], WORKSPACE)
     fixture = fixture_without_outputs("incremental_build", tmp_path)
-    status = recording.run(
-        fake_bazel(
-            f"import shutil, sys; shutil.copy({str(fixture)!r}, {str(recording.events)!r}); sys.exit(3)"
-        ),
-        {},
+    status = run_recorded(
+        recording,
+        f"import shutil, sys; shutil.copy({str(fixture)!r}, {str(recording.events)!r}); sys.exit(3)",
     )
     assert status == 3
     err = capfd.readouterr().err
@@ -104,6 +108,54 @@ def test_run_records_a_row_prints_the_line_and_keeps_the_exit_status(
     )
     assert not recording.events.exists()
     assert (cache_home / "receipt-lambdas/metrics" / record.LAST_EVENTS).exists()
+
+
+def test_record_py_records_what_the_fast_path_had_bazel_write(cache_home, tmp_path):
+    pending = cache_home / "receipt-lambdas/metrics/pending"
+    pending.mkdir(parents=True)
+    events = pending / "4242.bep.json"
+    shutil.copy(fixture_without_outputs("incremental_build", tmp_path), events)
+    # As tools/bazel runs it: by path, isolated from the user's Python settings.
+    result = subprocess.run(
+        [sys.executable, "-I", record.__file__, str(events)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (
+        0,
+        "3 actions (0 cached, 3 run) in 25.0 s, cache hit rate 0%\n",
+    )
+    connection = store.connect(cache_home / "receipt-lambdas/metrics/history.sqlite3")
+    (row,) = store.recent_builds(connection, 10)
+    assert row["kind"] == "incremental"
+    assert not events.exists()
+    assert (cache_home / "receipt-lambdas/metrics" / record.LAST_EVENTS).exists()
+
+
+def test_git_commit_is_heads_and_none_outside_a_work_tree(tmp_path):
+    def git(*args):
+        return subprocess.run(
+            ["git", "-C", str(tmp_path), *args],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+
+    git("init", "-q")
+    git(
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "commit",
+        "-q",
+        "--allow-empty",
+        "-m",
+        "x",
+    )
+    assert record.git_commit(tmp_path) == git("rev-parse", "HEAD")
+    assert record.git_commit(tmp_path / "nonexistent") is None
 
 
 def test_images_the_build_made_are_stored(cache_home, tmp_path):
@@ -121,7 +173,7 @@ def test_images_the_build_made_are_stored(cache_home, tmp_path):
     (tmp_path / "cold.bep.json").write_text(events)
     recording = record.Recording.start(["build", "//handlers/..."], WORKSPACE)
     script = f"import shutil; shutil.copy({str(tmp_path / 'cold.bep.json')!r}, {str(recording.events)!r})"
-    assert recording.run(fake_bazel(script), {}) == 0
+    assert run_recorded(recording, script) == 0
     connection = store.connect(cache_home / "receipt-lambdas/metrics/history.sqlite3")
     (image,) = connection.execute("SELECT * FROM images").fetchall()
     assert image["label"] == "//handlers/submit_to_openai:image"
@@ -142,7 +194,7 @@ def test_push_numbers_written_by_push_are_stored(cache_home, tmp_path):
         "           push.Result('poll', 'receipts/poll', mounted=40, seconds=0.5)]\n"
         "report.write_metrics('123.dkr.ecr.eu-west-1.amazonaws.com', results, 2.25)\n"
     )
-    assert recording.run(fake_bazel(script), {}) == 0
+    assert run_recorded(recording, script) == 0
     connection = store.connect(cache_home / "receipt-lambdas/metrics/history.sqlite3")
     (pushed,) = store.pushes(connection)
     assert pushed["registry"] == "123.dkr.ecr.eu-west-1.amazonaws.com"
@@ -168,8 +220,8 @@ def test_push_writes_nothing_without_the_variable(monkeypatch, tmp_path):
 
 def test_broken_events_give_one_warning_and_the_commands_status(capfd):
     recording = record.Recording.start(["build", "//a"], WORKSPACE)
-    status = recording.run(
-        fake_bazel(f"open({str(recording.events)!r}, 'w').write('not json\\n')"), {}
+    status = run_recorded(
+        recording, f"open({str(recording.events)!r}, 'w').write('not json\\n')"
     )
     assert status == 0
     err = capfd.readouterr().err
@@ -180,7 +232,7 @@ def test_broken_events_give_one_warning_and_the_commands_status(capfd):
 
 def test_no_events_at_all(capfd):
     recording = record.Recording.start(["build", "//a"], WORKSPACE)
-    assert recording.run(fake_bazel("import sys; sys.exit(2)"), {}) == 2
+    assert run_recorded(recording, "import sys; sys.exit(2)") == 2
     assert capfd.readouterr().err == (
         "build metrics: not recorded: Bazel wrote no build events (it stopped before building)\n"
     )
@@ -193,63 +245,3 @@ def test_unwritable_history_directory_warns_and_builds(cache_home, capfd):
     assert capfd.readouterr().err.startswith(
         "build metrics: not recorded: cannot create"
     )
-
-
-# A stand-in for a `tools/bazel run` server: says it is ready, then reports the signal that
-# ends it.
-SERVER = """
-import signal, sys
-signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-print("ready", flush=True)
-number = signal.sigwait({signal.SIGTERM, signal.SIGINT})
-print(f"server got {signal.Signals(number).name}", flush=True)
-sys.exit(5)
-"""
-
-
-@pytest.fixture
-def start_launcher():
-    """Starts a process that runs SERVER through run_as_if_executed, as tools/bazel does; at
-    the end kills whatever of its session is left (a failed test must not leak a server)."""
-    started = []
-
-    def start() -> subprocess.Popen:
-        launcher = (
-            "import sys\n"
-            f"sys.path[:0] = {sys.path!r}\n"
-            "from tools.metrics import record\n"
-            f"sys.exit(record.run_as_if_executed([sys.executable, '-c', {SERVER!r}], {{}}))\n"
-        )
-        process = subprocess.Popen(
-            [sys.executable, "-c", launcher],
-            stdout=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            start_new_session=True,  # no terminal: as when a script starts tools/bazel run
-        )
-        started.append(process)
-        assert process.stdout.readline() == "ready\n", "the server did not start"
-        return process
-
-    yield start
-    for process in started:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=60)
-
-
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_signals_to_the_launcher_reach_the_command(start_launcher, signum):
-    process = start_launcher()
-    process.send_signal(signum)
-    out, _ = process.communicate(timeout=60)
-    assert out == f"server got {signum.name}\n"
-    assert process.returncode == 5
-
-
-def test_the_command_is_terminated_when_the_launcher_is_killed(start_launcher):
-    process = start_launcher()
-    process.kill()
-    # stdout closes only when the server, which shares it, has exited too.
-    out, _ = process.communicate(timeout=60)
-    assert out == "server got SIGTERM\n"
