@@ -15,9 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-if (
-    __name__ == "__main__"
-):  # run by path from tools/bazel: the work tree is three levels up
+# Run by path from tools/bazel: the work tree is three levels up.
+if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tools.metrics import bep, images, store
@@ -55,20 +54,30 @@ def users_event_file(options: list[str]) -> Path | None:
     return Path(found).absolute() if found else None
 
 
-class Recording:
-    """One recorded Bazel command: `bazel_args` to run, then run() it."""
+def pending_stamp() -> str:
+    """The name of this command's files in the pending directory, without suffix."""
+    return f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
 
-    def __init__(self, argv: list[str], index: int, directory: Path, workspace: Path):
+
+class Recording:
+    """One recorded Bazel command: run `bazel_args` with `env`, then finish()."""
+
+    def __init__(
+        self,
+        directory: Path,
+        workspace: Path,
+        events: Path,
+        *,
+        users_events: bool = False,
+        bazel_args: list[str] | None = None,
+    ):
         self.directory = directory
         self.workspace = workspace
-        stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-        self.push_file = directory / "pending" / f"{stamp}.push.json"
+        self.events = events
         # A file the user asked for is read, and left where they wanted it.
-        self.users_events = users_event_file(argv[index + 1 :])
-        self.events = self.users_events or directory / "pending" / f"{stamp}.bep.json"
-        self.bazel_args = list(argv)
-        if not self.users_events:
-            self.bazel_args.insert(index + 1, f"--build_event_json_file={self.events}")
+        self.users_events = users_events
+        self.bazel_args = bazel_args or []
+        self.push_file = directory / "pending" / f"{pending_stamp()}.push.json"
 
     @classmethod
     def start(cls, argv: list[str], workspace: Path) -> "Recording | None":
@@ -84,15 +93,21 @@ class Recording:
         except OSError as error:
             warn(f"not recorded: cannot create {directory}: {error.strerror}")
             return None
-        return cls(argv, index, directory, workspace)
+        users_events = users_event_file(argv[index + 1 :])
+        if users_events:
+            return cls(
+                directory, workspace, users_events, users_events=True, bazel_args=argv
+            )
+        events = directory / "pending" / f"{pending_stamp()}.bep.json"
+        bazel_args = list(argv)
+        bazel_args.insert(index + 1, f"--build_event_json_file={events}")
+        return cls(directory, workspace, events, bazel_args=bazel_args)
 
     @classmethod
     def of_events(cls, events: Path, workspace: Path) -> "Recording":
         """The recording of a command that has written `events`, a file in the history's
         pending directory (tools/bazel's fast path)."""
-        recording = cls([], 0, events.parent.parent, workspace)
-        recording.events = events
-        return recording
+        return cls(events.parent.parent, workspace, events)
 
     @property
     def env(self) -> dict[str, str]:
