@@ -102,6 +102,21 @@ def timed_build(workspace: Path, flags: list[str]) -> tuple[float, str]:
     return elapsed, summary
 
 
+def remove_output_base(workspace: Path) -> None:
+    """Stops the work tree's Bazel server and deletes its output base."""
+    bazel = str(workspace / "tools" / "bazel")
+    info = subprocess.run(
+        [bazel, "info", "output_base"],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    subprocess.run([bazel, "shutdown"], cwd=workspace, check=False)
+    if info.returncode == 0:
+        remove_tree(Path(info.stdout.strip()))
+
+
 def machine_cpu_seconds() -> float:
     """CPU time the whole machine has spent busy since boot (/proc/stat: all but idle and
     iowait), in seconds."""
@@ -398,20 +413,7 @@ def main() -> int:
         if args.keep:
             print(f"kept {scratch}")
         else:
-            info = subprocess.run(
-                [str(workspace / "tools" / "bazel"), "info", "output_base"],
-                cwd=workspace,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            subprocess.run(
-                [str(workspace / "tools" / "bazel"), "shutdown"],
-                cwd=workspace,
-                check=False,
-            )
-            if info.returncode == 0:
-                remove_tree(Path(info.stdout.strip()))
+            remove_output_base(workspace)
             remove_tree(scratch)
     return 0
 

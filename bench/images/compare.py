@@ -18,46 +18,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "reproducibility"))
+from bench import EDITED, REPO, remove_output_base, remove_tree, timed_build
 
-from check import remove_tree
-
-EDITED = "handlers/list_pending_batches/handler.py"
 WARM_UP_BUILDS = 25
-
-
-def build(workspace: Path, flags: list[str]) -> float:
-    started = time.monotonic()
-    result = subprocess.run(
-        [str(workspace / "tools" / "bazel"), "build", *flags, "//handlers/..."],
-        cwd=workspace,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    elapsed = time.monotonic() - started
-    if result.returncode != 0:
-        sys.exit(f"build in {workspace} failed:\n{result.stderr[-4000:]}")
-    return elapsed
-
-
-def remove_output_base(tree: Path) -> None:
-    """Stops the tree's Bazel server and deletes its output base."""
-    bazel = str(tree / "tools" / "bazel")
-    info = subprocess.run(
-        [bazel, "info", "output_base"],
-        cwd=tree,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    subprocess.run([bazel, "shutdown"], cwd=tree, capture_output=True, check=False)
-    if info.returncode == 0:
-        remove_tree(Path(info.stdout.strip()))
 
 
 def main() -> int:
@@ -91,16 +56,16 @@ def main() -> int:
         original = {name: (tree / EDITED).read_text() for name, tree in trees.items()}
         for tree in trees.values():
             for _ in range(WARM_UP_BUILDS):
-                build(tree, args.bazel_flag)
+                timed_build(tree, args.bazel_flag)
         times: dict[tuple[str, str], list[float]] = {
             (name, step): [] for name in trees for step in ("no-op", "edit")
         }
         for round_ in range(args.rounds):
             for name, tree in trees.items():
-                times[name, "no-op"].append(build(tree, args.bazel_flag))
+                times[name, "no-op"].append(timed_build(tree, args.bazel_flag)[0])
             for name, tree in trees.items():
                 (tree / EDITED).write_text(original[name] + f"# compare {round_}\n")
-                times[name, "edit"].append(build(tree, args.bazel_flag))
+                times[name, "edit"].append(timed_build(tree, args.bazel_flag)[0])
         print(
             f"{args.rounds} rounds, flags {' '.join(args.bazel_flag) or '(none)'}\n\n"
             f"| step | before ({args.before}) | after ({args.after}) |\n| --- | ---: | ---: |"

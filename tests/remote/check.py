@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
-import tempfile
 from pathlib import Path
 
 import worker_image
@@ -31,10 +30,9 @@ from steps import (
     S3_CONFIG,
     CheckFailed,
     build_killing_a_worker,
-    clean_up,
-    cluster_already_running,
     e2e,
     remote_build,
+    run_in_scratch,
     say,
     stop_cluster,
     tools_bazel,
@@ -132,10 +130,8 @@ def main() -> int:
     )
     parser.add_argument("--tmpdir", default="/tmp")
     args = parser.parse_args()
-    if cluster_already_running():
-        return 1
-    scratch = Path(tempfile.mkdtemp(prefix="remote-check-", dir=args.tmpdir))
-    try:
+
+    def check(scratch: Path) -> None:
         if args.s3:
             s3_cache(scratch)
         elif args.worker_image:
@@ -150,12 +146,8 @@ def main() -> int:
             tools_bazel("remote", "up", "--workers=2")
             images_and_tests(scratch)
         stop_cluster()
-        return 0
-    except (CheckFailed, e2e.CheckFailed) as error:
-        print(f"remote check: FAILED: {error}", file=sys.stderr)
-        return 1
-    finally:
-        clean_up(scratch)
+
+    return run_in_scratch("remote-check-", args.tmpdir, check)
 
 
 if __name__ == "__main__":

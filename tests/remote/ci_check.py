@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,11 +37,10 @@ from steps import (
     S3_CONFIG,
     CheckFailed,
     build_killing_a_worker,
-    clean_up,
-    cluster_already_running,
     compare,
     e2e,
     image_digests,
+    run_in_scratch,
     say,
     stop_cluster,
     tools_bazel,
@@ -141,19 +139,13 @@ def main() -> int:
     )
     parser.add_argument("--tmpdir", default="/tmp")
     args = parser.parse_args()
-    if cluster_already_running():
-        return 1
     started = time.monotonic()
-    scratch = Path(tempfile.mkdtemp(prefix="remote-ci-check-", dir=args.tmpdir))
-    try:
+
+    def check(scratch: Path) -> None:
         run_checks(scratch)
         say(f"passed in {time.monotonic() - started:.0f} s")
-        return 0
-    except (CheckFailed, e2e.CheckFailed) as error:
-        print(f"remote check: FAILED: {error}", file=sys.stderr)
-        return 1
-    finally:
-        clean_up(scratch)
+
+    return run_in_scratch("remote-ci-check-", args.tmpdir, check)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import urllib.request
 from pathlib import Path
@@ -226,6 +227,22 @@ def cluster_already_running() -> bool:
         file=sys.stderr,
     )
     return True
+
+
+def run_in_scratch(prefix: str, tmpdir: str, check) -> int:
+    """Runs `check(scratch)` in a new directory under `tmpdir`, unless a cluster already runs:
+    0 when it passes, 1 (saying why) when it fails; clean_up() in any case."""
+    if cluster_already_running():
+        return 1
+    scratch = Path(tempfile.mkdtemp(prefix=prefix, dir=tmpdir))
+    try:
+        check(scratch)
+        return 0
+    except (CheckFailed, e2e.CheckFailed) as error:
+        print(f"remote check: FAILED: {error}", file=sys.stderr)
+        return 1
+    finally:
+        clean_up(scratch)
 
 
 def clean_up(scratch: Path) -> None:

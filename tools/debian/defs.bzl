@@ -1,4 +1,5 @@
-"""debian_rootfs: a normalized root file system tar from Debian .deb files."""
+"""debian_rootfs: a normalized root file system tar from Debian .deb files;
+debian_rootfs_per_cpu: one for each CPU, and the target platform's."""
 
 def _debian_rootfs_impl(ctx):
     output = ctx.actions.declare_file(ctx.attr.name + ".tar")
@@ -38,3 +39,22 @@ and nonroot (65532), /tmp.""",
         "_tool": attr.label(default = "//tools/debian:rootfs", executable = True, cfg = "exec"),
     },
 )
+
+def debian_rootfs_per_cpu(name, packages, **kwargs):
+    """`<name>_amd64` and `<name>_arm64`, debian_rootfs of `packages` (a debian lock's hub
+    repository, e.g. "@debian", whose `:amd64` and `:arm64` are the packages), and `<name>`: the
+    one for the target platform's CPU. Other arguments go to both debian_rootfs targets."""
+    for arch in ("amd64", "arm64"):
+        debian_rootfs(
+            name = "%s_%s" % (name, arch),
+            arch = arch,
+            debs = ["%s//:%s" % (packages, arch)],
+            **kwargs
+        )
+    native.alias(
+        name = name,
+        actual = select({
+            "@platforms//cpu:aarch64": ":%s_arm64" % name,
+            "@platforms//cpu:x86_64": ":%s_amd64" % name,
+        }),
+    )

@@ -15,9 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-# Run by path from tools/bazel: the work tree is three levels up.
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+WORK_TREE = Path(__file__).resolve().parents[2]
+if __name__ == "__main__":  # run by path from tools/bazel
+    sys.path.insert(0, str(WORK_TREE))
 
 from tools.metrics import bep, images, store
 
@@ -208,8 +208,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: record.py BUILD_EVENTS_JSON_FILE", file=sys.stderr)
         return 2
-    workspace = Path(__file__).resolve().parents[2]
-    Recording.of_events(Path(argv[0]).absolute(), workspace).finish()
+    Recording.of_events(Path(argv[0]).absolute(), WORK_TREE).finish()
     return 0
 
 
